@@ -1,0 +1,5 @@
+import sys
+
+from cnnkit.cli import main
+
+sys.exit(main())

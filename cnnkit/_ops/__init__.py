@@ -1,0 +1,42 @@
+"""Loads cnnkit._C and registers, for every op, its fake (meta) kernel and its autograd.
+
+One module per op family, mirroring csrc/ops/<op>.cpp. The functional API asks
+`has_kernel` before calling an op and otherwise falls back to cnnkit.reference, so cnnkit
+stays usable (slowly) on a backend the extension was not built for.
+"""
+
+import importlib
+import pkgutil
+
+import torch
+
+try:
+    from cnnkit import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+
+    LOAD_ERROR = None
+except ImportError as error:  # a source checkout that was never built
+    _C = None
+    LOAD_ERROR = error
+
+def has_kernel(name, device_type):
+    """True if torch.ops.cnnkit.<name> has a compiled kernel for this device type."""
+    if _C is None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"cnnkit::{name}", key)
+
+
+def registered_ops():
+    """Names of the ops in the cnnkit namespace, as torch.ops.cnnkit.<name>."""
+    if _C is None:
+        return []
+    return sorted(
+        op.split("::", 1)[1] for op in torch._C._dispatch_get_all_op_names() if op.startswith("cnnkit::")
+    )
+
+
+if _C is not None:
+    for _family in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{_family.name}")

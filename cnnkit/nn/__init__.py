@@ -1,0 +1,3 @@
+"""Drop-in torch.nn modules backed by cnnkit's fused kernels."""
+
+from .lrn import LocalResponseNorm  # noqa: F401

@@ -1,0 +1,42 @@
+"""cnnkit.nn.LocalResponseNorm: a drop-in for torch.nn.LocalResponseNorm."""
+
+from torch import nn
+
+from cnnkit.functional.lrn import local_response_norm
+
+# The AlexNet paper's constants (Krizhevsky et al. 2012, section 3.3).
+PAPER_DEFAULTS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+
+
+class LocalResponseNorm(nn.Module):
+    """Local Response Normalization across channels, with torch.nn.LocalResponseNorm's
+    arguments, defaults and results, run by cnnkit's kernels.
+
+    ``convention`` selects another published definition (see
+    cnnkit.functional.local_response_norm for each formula). With ``convention="paper"``
+    the defaults become the AlexNet paper's: size=5, alpha=1e-4, beta=0.75, k=2.
+    """
+
+    __constants__ = ["size", "alpha", "beta", "k", "convention"]
+
+    def __init__(self, size=None, alpha=None, beta=None, k=None, convention="torch"):
+        super().__init__()
+        defaults = PAPER_DEFAULTS if convention == "paper" else {"alpha": 1e-4, "beta": 0.75, "k": 1.0}
+        if size is None:
+            if "size" not in defaults:
+                raise TypeError("LocalResponseNorm.__init__() missing 1 required positional argument: 'size'")
+            size = defaults["size"]
+        self.size = size
+        self.alpha = defaults["alpha"] if alpha is None else alpha
+        self.beta = defaults["beta"] if beta is None else beta
+        self.k = defaults["k"] if k is None else k
+        self.convention = convention
+
+    def forward(self, input):
+        return local_response_norm(
+            input, self.size, self.alpha, self.beta, self.k, convention=self.convention
+        )
+
+    def extra_repr(self):
+        text = f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        return text if self.convention == "torch" else f"{text}, convention={self.convention!r}"

@@ -1,0 +1,4 @@
+"""Pure-PyTorch reference of every cnnkit op: the tests' oracle, and the fallback when the
+extension has no kernel for a backend. One module per op family, re-exported here."""
+
+from .lrn import local_response_norm, local_response_norm_backward  # noqa: F401
