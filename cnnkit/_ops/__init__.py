@@ -18,15 +18,6 @@ except ImportError as error:  # a source checkout that was never built
     _C = None
     LOAD_ERROR = error
 
-def has_kernel(name, device_type):
-    """True if torch.ops.cnnkit.<name> has a compiled kernel for this device type."""
-    if _C is None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"cnnkit::{name}", key)
-
 
 def registered_ops():
     """Names of the ops in the cnnkit namespace, as torch.ops.cnnkit.<name>."""
@@ -35,6 +26,24 @@ def registered_ops():
     return sorted(
         op.split("::", 1)[1] for op in torch._C._dispatch_get_all_op_names() if op.startswith("cnnkit::")
     )
+
+
+def _compiled_kernels():
+    kernels = set()
+    for name in registered_ops():
+        for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            if torch._C._dispatch_has_kernel_for_dispatch_key(f"cnnkit::{name}", key):
+                kernels.add((name, device_type))
+    return frozenset(kernels)
+
+
+# Fixed once the extension is loaded; a plain set so torch.compile traces the lookup.
+COMPILED_KERNELS = _compiled_kernels()
+
+
+def has_kernel(name, device_type):
+    """True if torch.ops.cnnkit.<name> has a compiled kernel for this device type."""
+    return (name, device_type) in COMPILED_KERNELS
 
 
 if _C is not None:

@@ -1,15 +1,11 @@
 // Local Response Normalization on the CPU.
 //
-// The window sum over channels slides: entering channel added, leaving channel removed, so a
-// position costs O(C) whatever the size. To keep float round-off from drifting along the
-// slide, the sum is recomputed from scratch every kRefresh channels.
+// Every position costs O(C) whatever the window size (see RowWindowSums).
 //
 // Channels-first (N, C, S): a task owns a block of positions of one image and walks the
-// channels, keeping one running sum per position, vectorised across positions; every row it
-// touches is a contiguous run of the block.
-// Channels-last (N, S, C): a task owns whole positions; the channel sums slide in scalar code
-// (the channels are contiguous but the slide is a recurrence), then the power and the
-// products run vectorised across the channels.
+// channels, vectorised across positions; every row it touches is a contiguous run.
+// Channels-last (N, S, C): a task owns whole positions; the window sums run in scalar code
+// (a recurrence along the contiguous channels), the power and products vectorised.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -25,10 +21,15 @@ namespace cnnkit {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRefresh = 32;
-// Positions per channels-first task: the running sums and the few rows in the window stay
-// in L1/L2, and a batch of one image still splits across threads.
-constexpr int64_t kPositionBlock = 1024;
+// Positions per channels-first task: a multiple of the vector width, small enough that the
+// task's scratch (`rows_per_lane` values per position) stays within L2 and that one image
+// still splits across threads.
+int64_t position_block(int64_t rows_per_lane, int64_t positions) {
+  constexpr int64_t kScratchBytes = 256 * 1024, kMaxBlock = 1024, kLanes = 64;
+  const int64_t fits = kScratchBytes / (rows_per_lane * static_cast<int64_t>(sizeof(double)));
+  const int64_t block = std::max<int64_t>(kLanes, std::min(kMaxBlock, fits) / kLanes * kLanes);
+  return std::min(block, positions);
+}
 
 struct LrnParams {
   lrn::Window window;
@@ -58,55 +59,89 @@ inline T pow_neg_beta_scalar(T s, double beta) {
   return lrn::power(s, T(-beta));
 }
 
-// out[c] = sum over the window of c of value(c'), for c in [0, C); `value` reads channel c'.
-// `before`/`after` describe the window; a mirrored window is passed swapped.
-template <typename acc_t, typename Value>
-inline void sliding_window_sums(int64_t C, int64_t before, int64_t after, const Value& value,
-                                acc_t* out) {
-  acc_t sum = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    if (c % kRefresh == 0) {
-      sum = 0;
-      const int64_t lo = std::max<int64_t>(c - before, 0), hi = std::min(c + after, C - 1);
-      for (int64_t j = lo; j <= hi; ++j) sum += value(j);
-    } else {
-      if (c + after < C) sum += value(c + after);
-      if (c - before - 1 >= 0) sum -= value(c - before - 1);
+// Window sums without subtraction (the van Herk / Gil-Werman scheme): the padded channel
+// axis is cut into blocks of the window's width W, so every window is a suffix of one block
+// plus a prefix of the next. Sums only ever add, so large values leaving the window leave
+// no round-off behind (a running add-and-subtract sum does), and each channel costs O(1).
+//
+// Row form: one "row" per channel holds `len` lanes (positions, vectorised). Calling
+// advance(c) for c = 0, 1, ... C-1 in order makes sum(p) the window sum of channel c.
+template <typename acc_t, typename Row>
+class RowWindowSums {
+ public:
+  using Vec = at::vec::Vectorized<acc_t>;
+
+  RowWindowSums(int64_t C, int64_t before, int64_t after, int64_t len, const Row& row,
+                acc_t* scratch /* (W + 1) * len */)
+      : C_(C), before_(before), W_(before + after + 1), len_(len), row_(row),
+        prefix_(scratch), suffix_(scratch + len) {}
+
+  void advance(int64_t c) {
+    for (const int64_t end = c + W_ - 1; next_ <= end; ++next_) {
+      if (next_ % W_ == 0) {
+        if (next_ > 0) fill_suffixes(next_ - W_);
+        std::fill(prefix_, prefix_ + len_, acc_t(0));
+      }
+      add_row(next_ - before_, prefix_);
     }
-    out[c] = sum;
+    // A window starting on a block boundary is that block: the prefix alone.
+    suffix_row_ = c % W_ == 0 ? nullptr : suffix_ + (c % W_) * len_;
   }
+
+  Vec sum(int64_t p) const {
+    const Vec prefix = Vec::loadu(prefix_ + p);
+    return suffix_row_ ? prefix + Vec::loadu(suffix_row_ + p) : prefix;
+  }
+  acc_t sum_scalar(int64_t p) const { return prefix_[p] + (suffix_row_ ? suffix_row_[p] : acc_t(0)); }
+
+ private:
+  bool in_range(int64_t channel) const { return channel >= 0 && channel < C_; }
+
+  void add_row(int64_t channel, acc_t* dst) const {
+    if (!in_range(channel)) return;
+    int64_t p = 0;
+    for (; p + Vec::size() <= len_; p += Vec::size()) (Vec::loadu(dst + p) + row_(channel, p)).store(dst + p);
+    for (; p < len_; ++p) dst[p] += row_.scalar(channel, p);
+  }
+
+  // suffix_[j] = sum of the block's padded rows j .. W-1, for the block starting at `start`.
+  void fill_suffixes(int64_t start) {
+    for (int64_t j = W_ - 1; j >= 0; --j) {
+      acc_t* dst = suffix_ + j * len_;
+      if (j == W_ - 1) {
+        std::fill(dst, dst + len_, acc_t(0));
+      } else {
+        std::copy(dst + len_, dst + 2 * len_, dst);
+      }
+      add_row(start + j - before_, dst);
+    }
+  }
+
+  const int64_t C_, before_, W_, len_;
+  const Row& row_;
+  acc_t* prefix_;
+  acc_t* suffix_;
+  const acc_t* suffix_row_ = nullptr;
+  int64_t next_ = 0;  // the next padded channel to enter the prefix
+};
+
+// Scalar form for one position whose channels are contiguous: out[c] = window sum of
+// value(c') for every channel c, with the same block scheme. scratch holds 2 * (C + W).
+template <typename acc_t, typename Value>
+inline void window_sums(int64_t C, int64_t before, int64_t after, const Value& value,
+                        acc_t* scratch, acc_t* out) {
+  const int64_t W = before + after + 1, padded = C + W - 1;
+  acc_t* prefix = scratch;
+  acc_t* suffix = scratch + padded;
+  auto at = [&](int64_t i) { const int64_t c = i - before; return c >= 0 && c < C ? value(c) : acc_t(0); };
+  for (int64_t i = 0; i < padded; ++i) prefix[i] = at(i) + (i % W ? prefix[i - 1] : acc_t(0));
+  for (int64_t i = padded - 1; i >= 0; --i) {
+    suffix[i] = at(i) + ((i + 1) % W && i + 1 < padded ? suffix[i + 1] : acc_t(0));
+  }
+  for (int64_t c = 0; c < C; ++c) out[c] = c % W ? suffix[c] + prefix[c + W - 1] : suffix[c];
 }
 
 // ---- channels-first ------------------------------------------------------------------
-
-// For a block of `len` positions (rows at stride S), sets acc to the window sum of
-// transform(row c') for channel c, sliding from c - 1 unless a refresh is due.
-template <typename scalar_t, typename Transform>
-inline void slide_rows(int64_t c, int64_t C, int64_t before, int64_t after, int64_t len,
-                       opmath_t<scalar_t>* acc, const Transform& row_value) {
-  using Vec = OpVec<scalar_t>;
-  constexpr int64_t V = Vec::size();
-  auto add_row = [&](int64_t channel, bool subtract) {
-    int64_t p = 0;
-    for (; p + V <= len; p += V) {
-      Vec v = row_value(channel, p);
-      Vec current = Vec::loadu(acc + p);
-      (subtract ? current - v : current + v).store(acc + p);
-    }
-    for (; p < len; ++p) {
-      const auto v = row_value.scalar(channel, p);
-      acc[p] = subtract ? acc[p] - v : acc[p] + v;
-    }
-  };
-  if (c % kRefresh == 0) {
-    std::fill(acc, acc + len, opmath_t<scalar_t>(0));
-    const int64_t lo = std::max<int64_t>(c - before, 0), hi = std::min(c + after, C - 1);
-    for (int64_t j = lo; j <= hi; ++j) add_row(j, false);
-  } else {
-    if (c + after < C) add_row(c + after, false);
-    if (c - before - 1 >= 0) add_row(c - before - 1, true);
-  }
-}
 
 // Squares of row `channel` of a channels-first block, vector and scalar.
 template <typename scalar_t>
@@ -141,27 +176,31 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, const LrnLayout& sha
   using Vec = OpVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = shape.channels, S = shape.positions;
-  const int64_t blocks = at::divup(S, kPositionBlock);
+  const int64_t W = prm.window.before + prm.window.after + 1;
+  const int64_t block = position_block(W + 1, S);
+  const int64_t blocks = at::divup(S, block);
   const acc_t k = prm.k, a = prm.a;
   at::parallel_for(0, shape.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(std::min(S, kPositionBlock));
+    std::vector<acc_t> scratch((W + 1) * block);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, p0 = (task % blocks) * kPositionBlock;
-      const int64_t len = std::min(kPositionBlock, S - p0);
+      const int64_t n = task / blocks, p0 = (task % blocks) * block;
+      const int64_t len = std::min(block, S - p0);
       const scalar_t* xb = x + n * C * S + p0;
       scalar_t* yb = y + n * C * S + p0;
-      SquaredRow<scalar_t> squares{xb, S};
+      const SquaredRow<scalar_t> squares{xb, S};
+      RowWindowSums<acc_t, SquaredRow<scalar_t>> sums(C, prm.window.before, prm.window.after, len,
+                                                     squares, scratch.data());
       for (int64_t c = 0; c < C; ++c) {
-        slide_rows<scalar_t>(c, C, prm.window.before, prm.window.after, len, acc.data(), squares);
+        sums.advance(c);
         const scalar_t* xr = xb + c * S;
         scalar_t* yr = yb + c * S;
         int64_t p = 0;
         for (; p + V <= len; p += V) {
-          const Vec s = Vec(k) + Vec(a) * Vec::loadu(acc.data() + p);
+          const Vec s = Vec(k) + Vec(a) * sums.sum(p);
           store_opmath(yr + p, load_opmath(xr + p) * pow_neg_beta_vec(s, prm.beta));
         }
         for (; p < len; ++p) {
-          const acc_t s = lrn::scale<acc_t>(k, a, acc[p]);
+          const acc_t s = lrn::scale<acc_t>(k, a, sums.sum_scalar(p));
           yr[p] = static_cast<scalar_t>(lrn::output<acc_t>(xr[p], pow_neg_beta_scalar(s, prm.beta)));
         }
       }
@@ -176,52 +215,56 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   using Vec = OpVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = shape.channels, S = shape.positions;
-  // Scratch holds s^-beta and the backward term for every channel of the block.
-  const int64_t block = std::max<int64_t>(V, std::min<int64_t>(kPositionBlock, (1 << 15) / C) / V * V);
+  const int64_t W = prm.window.before + prm.window.after + 1;
+  // Per lane: the window sums' scratch, then s^-beta and the backward term of every channel.
+  const int64_t block = position_block(W + 1 + 2 * C, S);
   const int64_t blocks = at::divup(S, block);
   const acc_t k = prm.k, a = prm.a, two_a_beta = 2 * prm.a * prm.beta;
   at::parallel_for(0, shape.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t width = std::min(S, block);
-    std::vector<acc_t> acc(width), spb(C * width), term(C * width);
+    std::vector<acc_t> scratch((W + 1) * block), spb(C * block), term(C * block);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, p0 = (task % blocks) * block;
       const int64_t len = std::min(block, S - p0);
       const int64_t offset = n * C * S + p0;
-      SquaredRow<scalar_t> squares{x + offset, S};
+      const SquaredRow<scalar_t> squares{x + offset, S};
+      RowWindowSums<acc_t, SquaredRow<scalar_t>> square_sums(C, prm.window.before, prm.window.after,
+                                                            len, squares, scratch.data());
       for (int64_t c = 0; c < C; ++c) {  // pass 1: s^-beta and g x s^(-beta-1)
-        slide_rows<scalar_t>(c, C, prm.window.before, prm.window.after, len, acc.data(), squares);
+        square_sums.advance(c);
         const scalar_t* xr = x + offset + c * S;
         const scalar_t* gr = g + offset + c * S;
-        acc_t* spb_r = spb.data() + c * width;
-        acc_t* term_r = term.data() + c * width;
+        acc_t* spb_r = spb.data() + c * block;
+        acc_t* term_r = term.data() + c * block;
         int64_t p = 0;
         for (; p + V <= len; p += V) {
-          const Vec s = Vec(k) + Vec(a) * Vec::loadu(acc.data() + p);
+          const Vec s = Vec(k) + Vec(a) * square_sums.sum(p);
           const Vec f = pow_neg_beta_vec(s, prm.beta);
           f.store(spb_r + p);
           (load_opmath(gr + p) * load_opmath(xr + p) * f / s).store(term_r + p);
         }
         for (; p < len; ++p) {
-          const acc_t s = lrn::scale<acc_t>(k, a, acc[p]);
+          const acc_t s = lrn::scale<acc_t>(k, a, square_sums.sum_scalar(p));
           spb_r[p] = pow_neg_beta_scalar(s, prm.beta);
           term_r[p] = lrn::backward_term<acc_t>(gr[p], xr[p], s, spb_r[p]);
         }
       }
-      ScratchRow<acc_t> terms{term.data(), width};
-      for (int64_t c = 0; c < C; ++c) {  // pass 2: sum the terms over the mirrored window
-        slide_rows<scalar_t>(c, C, prm.window.after, prm.window.before, len, acc.data(), terms);
+      const ScratchRow<acc_t> terms{term.data(), block};
+      RowWindowSums<acc_t, ScratchRow<acc_t>> term_sums(C, prm.window.after, prm.window.before,
+                                                        len, terms, scratch.data());
+      for (int64_t c = 0; c < C; ++c) {  // pass 2: the terms summed over the mirrored window
+        term_sums.advance(c);
         const scalar_t* xr = x + offset + c * S;
         const scalar_t* gr = g + offset + c * S;
-        const acc_t* spb_r = spb.data() + c * width;
+        const acc_t* spb_r = spb.data() + c * block;
         scalar_t* out = gx + offset + c * S;
         int64_t p = 0;
         for (; p + V <= len; p += V) {
           store_opmath(out + p, load_opmath(gr + p) * Vec::loadu(spb_r + p) -
-                             Vec(two_a_beta) * load_opmath(xr + p) * Vec::loadu(acc.data() + p));
+                                    Vec(two_a_beta) * load_opmath(xr + p) * term_sums.sum(p));
         }
         for (; p < len; ++p) {
           out[p] = static_cast<scalar_t>(
-              lrn::grad_input<acc_t>(gr[p], xr[p], spb_r[p], two_a_beta, acc[p]));
+              lrn::grad_input<acc_t>(gr[p], xr[p], spb_r[p], two_a_beta, term_sums.sum_scalar(p)));
         }
       }
     }
@@ -230,14 +273,14 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* gx,
 
 // ---- channels-last -------------------------------------------------------------------
 
-// Runs body(position, scratch...) over every (n, position) pair in parallel; each thread
-// gets `buffers` scratch arrays of C opmath values.
-template <typename acc_t, int buffers, typename Body>
-void for_each_position(const LrnLayout& shape, const Body& body) {
+// Runs body(offset, scratch) over every (n, position) pair in parallel; `offset` is the
+// position's first element and each thread owns `scratch_size` opmath values of scratch.
+template <typename acc_t, typename Body>
+void for_each_position(const LrnLayout& shape, int64_t scratch_size, const Body& body) {
   const int64_t C = shape.channels;
   const int64_t grain = std::max<int64_t>(1, 32768 / C);
   at::parallel_for(0, shape.batch * shape.positions, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(buffers * C);
+    std::vector<acc_t> scratch(scratch_size);
     for (int64_t position = begin; position < end; ++position) body(position * C, scratch.data());
   });
 }
@@ -249,14 +292,16 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, const LrnLayout& shap
   using Vec = OpVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = shape.channels;
+  const int64_t W = prm.window.before + prm.window.after + 1;
   const acc_t k = prm.k, a = prm.a;
-  for_each_position<acc_t, 1>(shape, [&](int64_t offset, acc_t* sums) {
+  for_each_position<acc_t>(shape, 3 * C + 2 * W, [&](int64_t offset, acc_t* scratch) {
     const scalar_t* xp = x + offset;
     scalar_t* yp = y + offset;
-    sliding_window_sums<acc_t>(C, prm.window.before, prm.window.after, [&](int64_t j) {
+    acc_t* sums = scratch + 2 * (C + W);
+    window_sums<acc_t>(C, prm.window.before, prm.window.after, [&](int64_t j) {
       const acc_t v = xp[j];
       return v * v;
-    }, sums);
+    }, scratch, sums);
     int64_t c = 0;
     for (; c + V <= C; c += V) {
       const Vec s = Vec(k) + Vec(a) * Vec::loadu(sums + c);
@@ -276,18 +321,19 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   using Vec = OpVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = shape.channels;
+  const int64_t W = prm.window.before + prm.window.after + 1;
   const acc_t k = prm.k, a = prm.a, two_a_beta = 2 * prm.a * prm.beta;
-  for_each_position<acc_t, 3>(shape, [&](int64_t offset, acc_t* scratch) {
+  for_each_position<acc_t>(shape, 5 * C + 2 * W, [&](int64_t offset, acc_t* scratch) {
     const scalar_t* xp = x + offset;
     const scalar_t* gp = g + offset;
     scalar_t* out = gx + offset;
-    acc_t* sums = scratch;       // window sums: of x^2, then of the terms
-    acc_t* spb = scratch + C;    // s^-beta
-    acc_t* term = scratch + 2 * C;
-    sliding_window_sums<acc_t>(C, prm.window.before, prm.window.after, [&](int64_t j) {
+    acc_t* sums = scratch + 2 * (C + W);  // window sums: of x^2, then of the terms
+    acc_t* spb = sums + C;                // s^-beta
+    acc_t* term = spb + C;
+    window_sums<acc_t>(C, prm.window.before, prm.window.after, [&](int64_t j) {
       const acc_t v = xp[j];
       return v * v;
-    }, sums);
+    }, scratch, sums);
     int64_t c = 0;
     for (; c + V <= C; c += V) {
       const Vec s = Vec(k) + Vec(a) * Vec::loadu(sums + c);
@@ -300,12 +346,12 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
       spb[c] = pow_neg_beta_scalar(s, prm.beta);
       term[c] = lrn::backward_term<acc_t>(gp[c], xp[c], s, spb[c]);
     }
-    sliding_window_sums<acc_t>(C, prm.window.after, prm.window.before,
-                               [&](int64_t j) { return term[j]; }, sums);
+    window_sums<acc_t>(C, prm.window.after, prm.window.before, [&](int64_t j) { return term[j]; },
+                       scratch, sums);
     c = 0;
     for (; c + V <= C; c += V) {
       store_opmath(out + c, load_opmath(gp + c) * Vec::loadu(spb + c) -
-                         Vec(two_a_beta) * load_opmath(xp + c) * Vec::loadu(sums + c));
+                                Vec(two_a_beta) * load_opmath(xp + c) * Vec::loadu(sums + c));
     }
     for (; c < C; ++c) {
       out[c] = static_cast<scalar_t>(lrn::grad_input<acc_t>(gp[c], xp[c], spb[c], two_a_beta, sums[c]));
