@@ -50,6 +50,13 @@ def cpu_capability():
     return capability if capability in CPU_CAPABILITY_FLAGS else "DEFAULT"
 
 
+def cuda_archs():
+    """The architectures nvcc will target, as torch.utils.cpp_extension chooses them
+    (TORCH_CUDA_ARCH_LIST, else the visible GPUs), for `cnnkit info`."""
+    flags = cpp_extension._get_cuda_arch_flags()
+    return ",".join(sorted({f.split("code=")[-1] for f in flags if "code=" in f}))
+
+
 def sources(pattern):
     return sorted(glob.glob(os.path.join("csrc", pattern)))
 
@@ -57,7 +64,7 @@ def sources(pattern):
 def make_extension():
     with_cuda = want_cuda()
     capability = cpu_capability()
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", *CPU_CAPABILITY_FLAGS[capability],
+    cxx_flags = ["-O3", "-fopenmp", *CPU_CAPABILITY_FLAGS[capability],
                  f'-DCNNKIT_CPU_CAPABILITY="{capability}"']
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
     srcs = sources("module.cpp") + sources("ops/*.cpp") + sources("cpu/*.cpp")
@@ -69,7 +76,8 @@ def make_extension():
         )
     srcs += sources("cuda/*.cpp") + sources("cuda/*.cu")
     define_macros.append(("CNNKIT_WITH_CUDA", None))
-    nvcc_flags = ["-O3", "-lineinfo", "-std=c++17"]
+    cxx_flags.append(f'-DCNNKIT_CUDA_ARCHS="{cuda_archs()}"')
+    nvcc_flags = ["-O3", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "cnnkit._C", srcs, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],

@@ -1,0 +1,209 @@
+// Local Response Normalization on CUDA.
+//
+// One thread per element, in memory order, so loads and stores are coalesced in either
+// layout: with (N, C, S) neighbouring threads walk positions, with (N, S, C) channels. Each
+// thread sums its window directly (at most `size` reads, served by L1), which needs no
+// running sum and so has no cancellation. The backward runs in two kernels: the first
+// writes the term g x s^(-beta-1) of every element, the second sums it over the mirrored
+// window.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cnnkit/lrn.h>
+
+#include "cuda/lrn_kernel.h"
+
+namespace cnnkit {
+namespace cuda {
+namespace {
+
+template <typename T> struct Opmath { using type = float; };
+template <> struct Opmath<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename Opmath<T>::type to_opmath(T v) { return static_cast<typename Opmath<T>::type>(v); }
+template <> __device__ __forceinline__ float to_opmath<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_opmath<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_opmath(typename Opmath<T>::type v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_opmath<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Where element `index` sits: its channel, and the distance between neighbouring channels.
+template <typename index_t>
+struct Indexer {
+  index_t channels, positions;
+  bool channels_last;
+  __device__ __forceinline__ index_t channel(index_t index) const {
+    return channels_last ? index % channels : (index / positions) % channels;
+  }
+  __device__ __forceinline__ index_t channel_stride() const { return channels_last ? 1 : positions; }
+};
+
+template <typename acc_t, typename Load, typename index_t>
+__device__ __forceinline__ acc_t window_sum(index_t index, index_t c, index_t channels, index_t stride,
+                                            int64_t before, int64_t after, const Load& load) {
+  const index_t lo = c >= before ? c - before : 0;
+  const index_t hi = c + after < channels ? c + after : channels - 1;
+  acc_t sum = 0;
+  for (index_t j = lo; j <= hi; ++j) sum += load(index + (j - c) * stride);
+  return sum;
+}
+
+template <typename T, typename index_t>
+__global__ void lrn_forward_kernel(const T* __restrict__ x, T* __restrict__ y, index_t numel,
+                                   Indexer<index_t> at, lrn::Window window,
+                                   typename Opmath<T>::type a, typename Opmath<T>::type beta,
+                                   typename Opmath<T>::type k) {
+  using acc_t = typename Opmath<T>::type;
+  const index_t stride = at.channel_stride();
+  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
+  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < numel;
+       index += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const acc_t sum = window_sum<acc_t>(index, at.channel(index), at.channels, stride,
+                                        window.before, window.after, square);
+    const acc_t s = lrn::scale<acc_t>(k, a, sum);
+    y[index] = from_opmath<T>(lrn::output<acc_t>(to_opmath(x[index]), lrn::power(s, -beta)));
+  }
+}
+
+template <typename T, typename index_t>
+__global__ void lrn_backward_term_kernel(const T* __restrict__ g, const T* __restrict__ x,
+                                         typename Opmath<T>::type* __restrict__ term, index_t numel,
+                                         Indexer<index_t> at, lrn::Window window,
+                                         typename Opmath<T>::type a, typename Opmath<T>::type beta,
+                                         typename Opmath<T>::type k) {
+  using acc_t = typename Opmath<T>::type;
+  const index_t stride = at.channel_stride();
+  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
+  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < numel;
+       index += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const acc_t s = lrn::scale<acc_t>(k, a, window_sum<acc_t>(index, at.channel(index), at.channels, stride,
+                                                              window.before, window.after, square));
+    term[index] = lrn::backward_term<acc_t>(to_opmath(g[index]), to_opmath(x[index]), s, lrn::power(s, -beta));
+  }
+}
+
+template <typename T, typename index_t>
+__global__ void lrn_backward_input_kernel(const T* __restrict__ g, const T* __restrict__ x,
+                                          const typename Opmath<T>::type* __restrict__ term,
+                                          T* __restrict__ gx, index_t numel, Indexer<index_t> at,
+                                          lrn::Window window, typename Opmath<T>::type a,
+                                          typename Opmath<T>::type beta, typename Opmath<T>::type k) {
+  using acc_t = typename Opmath<T>::type;
+  const index_t stride = at.channel_stride();
+  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
+  auto term_at = [&](index_t i) { return term[i]; };
+  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < numel;
+       index += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t c = at.channel(index);
+    const acc_t s = lrn::scale<acc_t>(k, a, window_sum<acc_t>(index, c, at.channels, stride,
+                                                              window.before, window.after, square));
+    // The mirrored window: the outputs whose windows contain this channel.
+    const acc_t terms = window_sum<acc_t>(index, c, at.channels, stride, window.after, window.before, term_at);
+    gx[index] = from_opmath<T>(lrn::grad_input<acc_t>(to_opmath(g[index]), to_opmath(x[index]),
+                                                      lrn::power(s, -beta), 2 * a * beta, terms));
+  }
+}
+
+constexpr int kThreads = 256;
+
+unsigned int blocks_for(int64_t numel) {
+  const int64_t blocks = (numel + kThreads - 1) / kThreads;
+  return static_cast<unsigned int>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride beyond
+}
+
+template <typename T, typename index_t>
+cudaError_t forward_typed(const void* input, void* output, const LrnShape& shape,
+                          const LrnCoefficients& co, cudaStream_t stream) {
+  using acc_t = typename Opmath<T>::type;
+  const int64_t numel = shape.batch * shape.channels * shape.positions;
+  const Indexer<index_t> at{static_cast<index_t>(shape.channels), static_cast<index_t>(shape.positions),
+                            shape.channels_last};
+  lrn_forward_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
+      static_cast<const T*>(input), static_cast<T*>(output), static_cast<index_t>(numel), at,
+      lrn::window(co.convention, co.size), static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha)),
+      static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
+  return cudaGetLastError();
+}
+
+template <typename T, typename index_t>
+cudaError_t backward_typed(const void* grad_output, const void* input, void* grad_input, void* term,
+                           const LrnShape& shape, const LrnCoefficients& co, cudaStream_t stream) {
+  using acc_t = typename Opmath<T>::type;
+  const int64_t numel = shape.batch * shape.channels * shape.positions;
+  const Indexer<index_t> at{static_cast<index_t>(shape.channels), static_cast<index_t>(shape.positions),
+                            shape.channels_last};
+  const lrn::Window window = lrn::window(co.convention, co.size);
+  const acc_t a = static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha));
+  const T* g = static_cast<const T*>(grad_output);
+  const T* x = static_cast<const T*>(input);
+  acc_t* t = static_cast<acc_t*>(term);
+  lrn_backward_term_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
+      g, x, t, static_cast<index_t>(numel), at, window, a, static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
+  lrn_backward_input_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
+      g, x, t, static_cast<T*>(grad_input), static_cast<index_t>(numel), at, window, a,
+      static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
+  return cudaGetLastError();
+}
+
+// Calls fn.run<T, index_t>() for the element type and the narrowest index
+// type that addresses every element.
+template <typename Fn>
+cudaError_t dispatch(ScalarType type, int64_t numel, const Fn& fn) {
+  const bool narrow = numel < (int64_t{1} << 31);
+  switch (type) {
+    case ScalarType::kFloat: return narrow ? fn.template run<float, int32_t>() : fn.template run<float, int64_t>();
+    case ScalarType::kDouble: return narrow ? fn.template run<double, int32_t>() : fn.template run<double, int64_t>();
+    case ScalarType::kHalf: return narrow ? fn.template run<__half, int32_t>() : fn.template run<__half, int64_t>();
+    case ScalarType::kBFloat16:
+      return narrow ? fn.template run<__nv_bfloat16, int32_t>() : fn.template run<__nv_bfloat16, int64_t>();
+  }
+  return cudaErrorInvalidValue;
+}
+
+struct ForwardLaunch {
+  const void* input;
+  void* output;
+  const LrnShape& shape;
+  const LrnCoefficients& co;
+  cudaStream_t stream;
+  template <typename T, typename index_t>
+  cudaError_t run() const {
+    return forward_typed<T, index_t>(input, output, shape, co, stream);
+  }
+};
+
+struct BackwardLaunch {
+  const void* grad_output;
+  const void* input;
+  void* grad_input;
+  void* term;
+  const LrnShape& shape;
+  const LrnCoefficients& co;
+  cudaStream_t stream;
+  template <typename T, typename index_t>
+  cudaError_t run() const {
+    return backward_typed<T, index_t>(grad_output, input, grad_input, term, shape, co, stream);
+  }
+};
+
+}  // namespace
+
+cudaError_t lrn_forward(ScalarType type, const void* input, void* output, LrnShape shape,
+                        LrnCoefficients coefficients, cudaStream_t stream) {
+  const int64_t numel = shape.batch * shape.channels * shape.positions;
+  if (numel == 0) return cudaSuccess;
+  return dispatch(type, numel, ForwardLaunch{input, output, shape, coefficients, stream});
+}
+
+cudaError_t lrn_backward(ScalarType type, const void* grad_output, const void* input,
+                         void* grad_input, void* term, LrnShape shape,
+                         LrnCoefficients coefficients, cudaStream_t stream) {
+  const int64_t numel = shape.batch * shape.channels * shape.positions;
+  if (numel == 0) return cudaSuccess;
+  return dispatch(type, numel,
+                  BackwardLaunch{grad_output, input, grad_input, term, shape, coefficients, stream});
+}
+
+}  // namespace cuda
+}  // namespace cnnkit
