@@ -1,0 +1,129 @@
+"""Shared benchmark harness: timing, peak memory, the machine's name, tables and JSON.
+
+Timing follows DESIGN.md: torch.utils.benchmark with warm-up and torch.get_num_threads()
+threads (CUDA events on GPU through the same Timer), the baseline and ours measured in the
+same process and interleaved round by round, the median of the rounds reported.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+
+import torch
+import torch.utils.benchmark as benchmark
+
+
+def machine():
+    """A one-line name of what the figures were measured on."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def _median_ms(fn, min_run_time):
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def time_interleaved(fns, rounds=5, min_run_time=0.2):
+    """{name: median ms} for each callable of `fns`, measured in alternating rounds so that
+    drift in the machine's speed hits every contender alike."""
+    for fn in fns.values():  # warm-up: allocator, caches, compilation
+        fn()
+        fn()
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(_median_ms(fn, min_run_time))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def peak_memory_bytes(fn):
+    """Peak bytes allocated while fn() runs, above what was allocated before it started."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Every allocation (+) and free (-) the CPU allocator saw, in time order.
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def saved_tensor_bytes(fn):
+    """Bytes of the tensors autograd saves for backward while fn() runs its forward (each
+    storage counted once)."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def record(op, shape, dtype, layout, ours_ms, baseline_ms, baseline, **extra):
+    """One JSON record in DESIGN.md's schema; ratio > 1 means ours is faster."""
+    return {
+        "op": op,
+        "shape": list(shape),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "layout": layout,
+        "ours_ms": round(ours_ms, 4),
+        "baseline_ms": round(baseline_ms, 4),
+        "baseline": baseline,
+        "ratio": round(baseline_ms / ours_ms, 3),
+        "threads": torch.get_num_threads(),
+        "machine": machine(),
+        **extra,
+    }
+
+
+def markdown_table(records, columns):
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    rows = ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in records]
+    return "\n".join([header, rule, *rows])
+
+
+def write_results(name, records, table, directory=None):
+    """Writes <name>.json and <name>.md under benchmarks/results/ (or `directory`)."""
+    directory = directory or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{name}.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    with open(os.path.join(directory, f"{name}.md"), "w") as f:
+        f.write(f"# {name}\n\nMachine: {machine()}\n\n{table}\n")
+
+
+def git_revision():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
