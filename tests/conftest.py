@@ -4,6 +4,15 @@ import torch
 import cnnkit
 
 
+def pytest_sessionstart(session):
+    # The suite tests the compiled kernels: a missing extension is an error, not a skip.
+    if cnnkit._ops._C is None:
+        raise pytest.UsageError(
+            f"cnnkit._C is not built ({cnnkit._ops.LOAD_ERROR}); install with "
+            "`pip install --no-build-isolation -e .` first"
+        )
+
+
 def pytest_collection_modifyitems(config, items):
     # CUDA tests need a CUDA build of cnnkit and a GPU; elsewhere they are reported as skipped.
     has_cuda = torch.cuda.is_available() and cnnkit._ops.has_kernel("local_response_norm", "cuda")

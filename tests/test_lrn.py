@@ -7,10 +7,6 @@ import torch.nn.functional as F
 import cnnkit
 from cnnkit.functional import local_response_norm
 
-pytestmark = pytest.mark.skipif(
-    not cnnkit._ops.has_kernel("local_response_norm", "cpu"), reason="cnnkit._C is not built"
-)
-
 CONVENTIONS = ("torch", "caffe", "cudnn", "tf", "paper")
 
 
