@@ -237,3 +237,12 @@ def test_cuda_conventions(convention):
     expected = loop_lrn(x, 3, 0.3, 0.75, 1.7, convention)
     ours = local_response_norm(x.float().cuda(), 3, 0.3, 0.75, 1.7, convention=convention)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_export_keeps_the_op():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), cnnkit.nn.LocalResponseNorm(5))
+    exported = torch.export.export(model, (torch.randn(2, 3, 9, 9),))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "cnnkit.local_response_norm.default" in targets
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(exported.module()(x), model(x))
