@@ -1,0 +1,223 @@
+"""cnnkit.nn.ConvBNReLU2d: Conv2d -> BatchNorm2d -> activation (-> + residual) as one module.
+
+Training runs the vendor convolution and then cnnkit's fused BN-activation op. Eval folds
+the BN into the convolution's weight and bias once (cached) and runs one convolution with
+the bias, residual add and activation fused into it.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.functional.conv_bn import (
+    bn_act_conv2d,
+    check_activation,
+    conv2d_bias_act,
+    fold_bn_into_conv,
+)
+
+
+def _fused_batchnorm_class():
+    # Imported on use: cnnkit.nn's modules may load in any order.
+    from cnnkit.nn.batchnorm import BatchNormReLU2d
+
+    return BatchNormReLU2d
+
+
+def _version_key(tensor):
+    """What changes when a tensor's values may have: its version counter (in-place ops,
+    optimizer steps, load_state_dict), its storage (``.data =``, ``.to()``), dtype, device."""
+    if tensor is None:
+        return None
+    if tensor.is_inference():
+        raise _Uncacheable  # inference tensors have no version counter
+    return (tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device, tuple(tensor.shape))
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+class ConvBNReLU2d(nn.Module):
+    r"""act(BatchNorm2d(Conv2d(input)) [+ residual]), with nn.Conv2d's and nn.BatchNorm2d's
+    arguments, parameters and buffers.
+
+    Submodules ``conv`` (an nn.Conv2d) and ``bn`` (cnnkit's BatchNormReLU2d), so the
+    state_dict keys are conv.weight, (conv.bias,) bn.weight, bn.bias, bn.running_mean,
+    bn.running_var and bn.num_batches_tracked; the state of an ``nn.Sequential(conv, bn)``
+    or ``nn.Sequential(conv, bn, nn.ReLU())`` (keys ``0.*``, ``1.*``) loads as well.
+
+    ``activation`` is "relu" (default), "leaky_relu" (with ``negative_slope``) or None.
+    ``forward(input, residual=None)`` computes act(BN(conv(input)) + residual).
+
+    Training: the convolution, then the fused BN (+ residual) + activation op, updating
+    the running statistics exactly as nn.BatchNorm2d does.
+
+    Eval: BN is folded into the convolution's weight and bias. Without autograd (no_grad,
+    inference_mode, or no parameter requiring grad) the folded tensors are cached and
+    refolded only when a parameter or buffer changes (its version counter, storage, dtype
+    or device: in-place edits, optimizer steps, load_state_dict, ``.to()``); changes made
+    through ``.data`` bypass version counters, so call ``reset_folded_cache()`` after
+    those. When parameters need gradients the fold runs under autograd on every call, so
+    gradients reach conv and bn as in eager. The folded convolution, bias, residual add and
+    activation then run as one oneDNN call where it applies (see
+    cnnkit.functional.conv2d_bias_act).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=False, eps=1e-5, momentum=0.1, activation="relu",
+                 device=None, dtype=None, *, negative_slope=0.01, padding_mode="zeros"):
+        super().__init__()
+        check_activation(activation, negative_slope)
+        factory = {"device": device, "dtype": dtype}
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                              groups, bias, padding_mode, **factory)
+        self.bn = _fused_batchnorm_class()(out_channels, eps=eps, momentum=momentum,
+                                           activation=activation, negative_slope=negative_slope,
+                                           **factory)
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self._folded = None
+
+    @classmethod
+    def from_torch(cls, conv, bn, activation="relu", negative_slope=0.01):
+        """A ConvBNReLU2d computing act(bn(conv(x))) with the given modules' state.
+
+        ``conv`` is an nn.Conv2d; ``bn`` an nn.BatchNorm2d (or cnnkit's BatchNorm2d /
+        BatchNormReLU2d) with ``conv.out_channels`` features. No copies: the new module
+        holds ``conv`` itself and a fused BN sharing ``bn``'s parameters and buffers, so an
+        optimizer built on the old modules keeps training the new one.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_torch: conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or isinstance(bn, nn.SyncBatchNorm):
+            raise TypeError(f"from_torch: bn must be a BatchNorm2d, got {type(bn).__name__}")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(
+                f"from_torch: bn.num_features ({bn.num_features}) must equal conv.out_channels "
+                f"({conv.out_channels})"
+            )
+        check_activation(activation, negative_slope)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.conv = conv
+        module.bn = _share_state(bn, activation, negative_slope)
+        module.activation = activation
+        module.negative_slope = negative_slope
+        module._folded = None
+        module.train(conv.training)
+        return module
+
+    def forward(self, input, residual=None):
+        bn = self.bn
+        if self.training or bn.running_mean is None or bn.running_var is None:
+            # nn.BatchNorm2d uses batch statistics here (also in eval without running stats).
+            return bn(self.conv(input), residual=residual)
+        if input.dim() != 4:  # nn.BatchNorm2d's check: conv2d alone would take unbatched input
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+        conv = self.conv
+        weight, bias = self._folded_weight_and_bias()
+        padding = conv.padding
+        if conv.padding_mode != "zeros":
+            input = F.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            padding = 0
+        return conv2d_bias_act(input, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
+                               self.activation, self.negative_slope, residual)
+
+    # --- the folded eval weights ------------------------------------------------------
+
+    def _fold_sources(self):
+        conv, bn = self.conv, self.bn
+        return (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+
+    def _fold(self):
+        return fold_bn_into_conv(*self._fold_sources(), self.bn.eps)
+
+    def _folded_weight_and_bias(self):
+        params = (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias)
+        needs_grad = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+        if needs_grad or torch.compiler.is_compiling():
+            # Differentiable, and traceable: the compiler folds constants itself.
+            return self._fold()
+        try:
+            key = (tuple(_version_key(t) for t in self._fold_sources()), self.bn.eps,
+                   torch.is_inference_mode_enabled())
+        except _Uncacheable:
+            with torch.no_grad():
+                return self._fold()
+        if self._folded is None or self._folded[0] != key:
+            self._folded = None  # free the old pair before making the new one
+            with torch.no_grad():
+                self._folded = (key, *self._fold())
+        return self._folded[1], self._folded[2]
+
+    def reset_folded_cache(self):
+        """Forget the folded eval weights (needed only after edits through ``.data``)."""
+        self._folded = None
+
+    def train(self, mode=True):
+        if mode:
+            self._folded = None  # training changes the weights anyway: free the memory
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._folded = None  # .to(), .double(), .cuda(), ...: refold from the new tensors
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_folded"] = None  # pickles and deep copies carry no cache
+        return state
+
+    # --- loading nn.Sequential(conv, bn[, relu]) state --------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        renames = {f"{prefix}0.": f"{prefix}conv.", f"{prefix}1.": f"{prefix}bn."}
+        if not any(key.startswith((f"{prefix}conv.", f"{prefix}bn.")) for key in state_dict):
+            for key in [k for k in state_dict if k.startswith(tuple(renames))]:
+                old = key[: len(prefix) + 2]
+                state_dict[renames[old] + key[len(old):]] = state_dict.pop(key)
+        self._folded = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self):
+        text = f"activation={self.activation!r}"
+        return text + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
+
+
+def _share_state(bn, activation, negative_slope):
+    """cnnkit's fused BN with `bn`'s settings, holding `bn`'s own parameter and buffer tensors."""
+    fused_class = _fused_batchnorm_class()
+    if type(bn) is fused_class and bn.activation == activation and (
+        activation != "leaky_relu" or bn.negative_slope == negative_slope
+    ):
+        return bn
+    return fused_class.from_torch(bn, activation=activation, negative_slope=negative_slope)
+
+
+def bn_act_conv(bn, conv, input, activation="relu", negative_slope=0.01):
+    """conv(act(bn(input))) for BatchNorm2d-like ``bn`` and nn.Conv2d ``conv`` modules,
+    keeping only ``input`` for backward (cnnkit.functional.bn_act_conv2d).
+
+    Handles the module bookkeeping as nn.BatchNorm2d.forward does: num_batches_tracked,
+    momentum=None (cumulative average), track_running_stats=False and eval mode.
+    ``bn``'s own activation, if it has one, is ignored: ``activation`` applies.
+    """
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"bn_act_conv: conv.padding_mode must be 'zeros', got {conv.padding_mode!r}")
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep_running = not bn.training or bn.track_running_stats
+    return bn_act_conv2d(
+        input,
+        bn.running_mean if keep_running else None,
+        bn.running_var if keep_running else None,
+        bn.weight, bn.bias, conv.weight, conv.bias,
+        use_batch_stats, factor, bn.eps, activation, negative_slope,
+        conv.stride, conv.padding, conv.dilation, conv.groups,
+    )
