@@ -1,0 +1,102 @@
+"""BatchNorm + activation (+ residual add): fake kernels and autograd of the batch-norm ops.
+
+Autograd of cnnkit::batch_norm_act saves the input, the per-channel mean and invstd, and the
+op's mask output (empty unless a residual was added: the mask of pre-activation > 0 is then
+all backward needs of it). The statistics count as constants: when they are the batch's own
+(``batch_stats``), the backward op adds their contribution to grad_input itself.
+"""
+
+import torch
+
+from cnnkit.reference import batch_norm as reference
+
+
+def dense_memory_format(input):
+    """The memory order of the kernels' outputs (csrc/ops/batch_norm.cpp, batch_norm_dense)."""
+    if input.is_contiguous():
+        return torch.contiguous_format
+    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def stats_dtype(input):
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _like_input(input, dtype=None):
+    return torch.empty_like(input, dtype=dtype, memory_format=dense_memory_format(input))
+
+
+@torch.library.register_fake("cnnkit::batch_norm_stats")
+def _batch_norm_stats_fake(input):
+    channels = input.size(1)
+    return input.new_empty((channels,), dtype=stats_dtype(input)), input.new_empty((channels,), dtype=stats_dtype(input))
+
+
+@torch.library.register_fake("cnnkit::batch_norm_act")
+def _batch_norm_act_fake(input, weight, bias, residual, mean, invstd, batch_stats, activation, negative_slope):
+    if residual is not None and activation != 0:
+        mask = _like_input(input, torch.bool)
+    else:
+        mask = input.new_empty((0,), dtype=torch.bool)
+    return _like_input(input), mask
+
+
+@torch.library.register_fake("cnnkit::batch_norm_act_backward")
+def _batch_norm_act_backward_fake(grad_output, input, weight, bias, mask, mean, invstd, batch_stats,
+                                  activation, negative_slope, residual_grad):
+    param_dtype = weight.dtype if weight is not None else input.dtype
+    channels = input.size(1)
+    grad_residual = _like_input(input) if residual_grad else input.new_empty((0,))
+    return (_like_input(input), input.new_empty((channels,), dtype=param_dtype),
+            input.new_empty((channels,), dtype=param_dtype), grad_residual)
+
+
+@torch.library.register_fake("cnnkit::batch_norm_act_backward_reduce")
+def _batch_norm_act_backward_reduce_fake(grad_output, input, weight, bias, mask, mean, invstd, activation,
+                                         negative_slope):
+    return _batch_norm_stats_fake(input)
+
+
+@torch.library.register_fake("cnnkit::batch_norm_act_backward_apply")
+def _batch_norm_act_backward_apply_fake(grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
+                                        mean_grad_centered, activation, negative_slope, residual_grad):
+    grad_residual = _like_input(input) if residual_grad else input.new_empty((0,))
+    return _like_input(input), grad_residual
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, residual, mean, invstd, batch_stats, activation, negative_slope = inputs
+    _, mask = output
+    ctx.save_for_backward(input, weight, bias, mask, mean, invstd)
+    ctx.args = (batch_stats, activation, negative_slope)
+    ctx.has_residual = residual is not None
+
+
+def _backward(ctx, grad_output, _grad_mask):
+    input, weight, bias, mask, mean, invstd = ctx.saved_tensors
+    batch_stats, activation, negative_slope = ctx.args
+    needs = ctx.needs_input_grad
+    if torch.is_grad_enabled():
+        # create_graph=True: the reference formula is differentiable, the kernel is not.
+        grads = reference.batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd,
+                                                  batch_stats, activation, negative_slope)
+    else:
+        grads = torch.ops.cnnkit.batch_norm_act_backward(
+            grad_output, input, weight, bias, mask, mean, invstd, batch_stats, activation,
+            negative_slope, ctx.has_residual and needs[3],
+        )
+    grad_input, grad_weight, grad_bias, grad_residual = grads
+    return (
+        grad_input if needs[0] else None,
+        grad_weight if weight is not None and needs[1] else None,
+        grad_bias if bias is not None and needs[2] else None,
+        grad_residual if ctx.has_residual and needs[3] else None,
+        None, None, None, None, None,
+    )
+
+
+torch.library.register_autograd("cnnkit::batch_norm_act", _backward, setup_context=_setup_context)

@@ -1,0 +1,549 @@
+// BatchNorm + activation (+ residual add): CPU kernels.
+//
+// Channels-first input (N, C, S) is processed in rows of S values of one channel;
+// channels-last input (N*S, C) in rows of C values of one position, vectorised over the
+// channels with per-channel coefficients. Reductions give each task its own partial sums
+// (a channel and a slice of the batch, or a slice of the positions) and merge them after,
+// so the result does not depend on the thread count's timing.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <cnnkit/batch_norm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/vec_io.h"
+#include "ops/batch_norm.h"
+
+namespace cnnkit {
+namespace cpu {
+namespace {
+
+namespace bn = cnnkit::batch_norm;
+
+// Positions per block of the channels-last statistics: the block is read twice (mean,
+// then squared deviations), the second time from cache.
+constexpr int64_t kStatsBlock = 16;
+// Elements per parallel task in the elementwise passes.
+constexpr int64_t kGrainElements = 32768;
+
+// Number of batch slices per channel so that channels * slices gives every thread work.
+int64_t batch_slices(int64_t batch, int64_t channels) {
+  const int64_t wanted = (4 * at::get_num_threads() + channels - 1) / channels;
+  return std::max<int64_t>(1, std::min(batch, wanted));
+}
+
+template <typename scalar_t>
+opmath_t<scalar_t> row_sum(const scalar_t* x, int64_t n) {
+  using Vec = OpVec<scalar_t>;
+  Vec acc(0);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) acc += load_opmath(x + i);
+  opmath_t<scalar_t> sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
+  for (; i < n; ++i) sum += static_cast<opmath_t<scalar_t>>(x[i]);
+  return sum;
+}
+
+template <typename scalar_t>
+opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<scalar_t> mean) {
+  using Vec = OpVec<scalar_t>;
+  const Vec vmean(mean);
+  Vec acc(0);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec d = load_opmath(x + i) - vmean;
+    acc = at::vec::fmadd(d, d, acc);
+  }
+  opmath_t<scalar_t> sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
+  for (; i < n; ++i) {
+    const opmath_t<scalar_t> d = static_cast<opmath_t<scalar_t>>(x[i]) - mean;
+    sum += d * d;
+  }
+  return sum;
+}
+
+// ---------------------------------------------------------------- statistics
+
+template <typename scalar_t>
+void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, opmath_t<scalar_t>* mean,
+                          opmath_t<scalar_t>* m2, int64_t* count) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t C = l.channels, S = l.positions;
+  const int64_t slices = batch_slices(l.batch, C);
+  std::vector<acc_t> part_mean(C * slices, 0), part_m2(C * slices, 0);
+  std::vector<int64_t> part_count(C * slices, 0);
+  at::parallel_for(0, C * slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / slices, slice = task % slices;
+      acc_t task_mean = 0, task_m2 = 0;
+      int64_t task_count = 0;
+      for (int64_t n = l.batch * slice / slices; n < l.batch * (slice + 1) / slices; ++n) {
+        const scalar_t* row = x + (n * C + c) * S;
+        const acc_t row_mean = row_sum(row, S) / static_cast<acc_t>(S);
+        bn::merge_moments(task_mean, task_m2, task_count, row_mean,
+                          row_squared_deviation(row, S, row_mean), S);
+      }
+      part_mean[task] = task_mean;
+      part_m2[task] = task_m2;
+      part_count[task] = task_count;
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t s = 0; s < slices; ++s) {
+      const int64_t task = c * slices + s;
+      bn::merge_moments(mean[c], m2[c], count[c], part_mean[task], part_m2[task], part_count[task]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void stats_channels_last(const scalar_t* x, const BatchNormLayout& l, opmath_t<scalar_t>* mean,
+                         opmath_t<scalar_t>* m2, int64_t* count) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = OpVec<scalar_t>;
+  const int64_t C = l.channels, P = l.batch * l.positions;
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(P, at::get_num_threads()));
+  // Per slice: running mean and m2 per channel (all channels share the count), and the
+  // block's mean and m2.
+  std::vector<acc_t> part(4 * C * slices, 0);
+  std::vector<int64_t> part_count(slices, 0);
+  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t slice = begin; slice < end; ++slice) {
+      acc_t* run_mean = part.data() + 4 * C * slice;
+      acc_t* run_m2 = run_mean + C;
+      acc_t* block_mean = run_m2 + C;
+      acc_t* block_m2 = block_mean + C;
+      int64_t run_count = 0;
+      const int64_t p_end = P * (slice + 1) / slices;
+      for (int64_t p0 = P * slice / slices; p0 < p_end; p0 += kStatsBlock) {
+        const int64_t rows = std::min(kStatsBlock, p_end - p0);
+        const acc_t inv_rows = acc_t(1) / static_cast<acc_t>(rows);
+        std::fill(block_mean, block_mean + 2 * C, acc_t(0));
+        for (int64_t p = p0; p < p0 + rows; ++p) {
+          const scalar_t* row = x + p * C;
+          int64_t c = 0;
+          for (; c + Vec::size() <= C; c += Vec::size())
+            (Vec::loadu(block_mean + c) + load_opmath(row + c)).store(block_mean + c);
+          for (; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]);
+        }
+        for (int64_t c = 0; c < C; ++c) block_mean[c] *= inv_rows;
+        for (int64_t p = p0; p < p0 + rows; ++p) {
+          const scalar_t* row = x + p * C;
+          int64_t c = 0;
+          for (; c + Vec::size() <= C; c += Vec::size()) {
+            const Vec d = load_opmath(row + c) - Vec::loadu(block_mean + c);
+            at::vec::fmadd(d, d, Vec::loadu(block_m2 + c)).store(block_m2 + c);
+          }
+          for (; c < C; ++c) {
+            const acc_t d = static_cast<acc_t>(row[c]) - block_mean[c];
+            block_m2[c] += d * d;
+          }
+        }
+        // Chan's merge with the counts shared by every channel (bn::merge_moments per lane).
+        const acc_t share = static_cast<acc_t>(rows) / static_cast<acc_t>(run_count + rows);
+        const acc_t cross = static_cast<acc_t>(run_count) * share;
+        int64_t c = 0;
+        for (; c + Vec::size() <= C; c += Vec::size()) {
+          const Vec delta = Vec::loadu(block_mean + c) - Vec::loadu(run_mean + c);
+          at::vec::fmadd(delta, Vec(share), Vec::loadu(run_mean + c)).store(run_mean + c);
+          (Vec::loadu(run_m2 + c) + Vec::loadu(block_m2 + c) + delta * delta * Vec(cross))
+              .store(run_m2 + c);
+        }
+        for (; c < C; ++c) {
+          const acc_t delta = block_mean[c] - run_mean[c];
+          run_mean[c] += delta * share;
+          run_m2[c] += block_m2[c] + delta * delta * cross;
+        }
+        run_count += rows;
+      }
+      part_count[slice] = run_count;
+    }
+  });
+  for (int64_t s = 0; s < slices; ++s) {
+    const acc_t* run_mean = part.data() + 4 * C * s;
+    for (int64_t c = 0; c < C; ++c)
+      bn::merge_moments(mean[c], m2[c], count[c], run_mean[c], run_mean[C + c], part_count[s]);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_arg) {
+  check_batch_norm_input(input_arg);
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const BatchNormLayout layout = batch_norm_layout(input);
+  const auto options = input.options().dtype(batch_norm_stats_dtype(input));
+  at::Tensor mean = at::zeros({layout.channels}, options);
+  at::Tensor var = at::zeros({layout.channels}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_stats", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    std::vector<int64_t> count(layout.channels, 0);
+    acc_t* mean_data = mean.data_ptr<acc_t>();
+    acc_t* m2_data = var.data_ptr<acc_t>();
+    if (layout.channels_last) {
+      stats_channels_last(input.const_data_ptr<scalar_t>(), layout, mean_data, m2_data, count.data());
+    } else {
+      stats_channels_first(input.const_data_ptr<scalar_t>(), layout, mean_data, m2_data, count.data());
+    }
+    for (int64_t c = 0; c < layout.channels; ++c)
+      m2_data[c] = count[c] > 0 ? m2_data[c] / static_cast<acc_t>(count[c]) : acc_t(0);
+  });
+  return {mean, var};
+}
+
+// ---------------------------------------------------------------- forward
+
+// One span of `n` values: a row of one channel (kPerLane false: coefficients [0]) or a
+// position's channels (kPerLane true: coefficients [i]).
+template <bool kPerLane, typename scalar_t>
+void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, bool* mask, int64_t n,
+                  const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                  int64_t activation, opmath_t<scalar_t> slope) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = OpVec<scalar_t>;
+  const Vec zero(0), vslope(slope), vscale(scale[0]), vshift(shift[0]);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec a = kPerLane ? Vec::loadu(scale + i) : vscale;
+    const Vec b = kPerLane ? Vec::loadu(shift + i) : vshift;
+    Vec pre = at::vec::fmadd(load_opmath(x + i), a, b);
+    if (residual) pre += load_opmath(residual + i);
+    Vec out = pre;
+    if (activation == bn::kRelu) out = at::vec::maximum(pre, zero);
+    if (activation == bn::kLeakyRelu) out = Vec::blendv(pre * vslope, pre, pre > zero);
+    store_opmath(y + i, out);
+    if (mask) {
+      alignas(64) acc_t lanes[Vec::size()];
+      pre.store(lanes);
+      for (int64_t j = 0; j < Vec::size(); ++j) mask[i + j] = lanes[j] > acc_t(0);
+    }
+  }
+  for (; i < n; ++i) {
+    const int64_t k = kPerLane ? i : 0;
+    acc_t pre = static_cast<acc_t>(x[i]) * scale[k] + shift[k];
+    if (residual) pre += static_cast<acc_t>(residual[i]);
+    y[i] = static_cast<scalar_t>(bn::activate(pre, activation, slope));
+    if (mask) mask[i] = pre > acc_t(0);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
+    const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual_arg,
+    const at::Tensor& mean, const at::Tensor& invstd, bool batch_stats, int64_t activation,
+    double negative_slope) {
+  check_batch_norm_act(input_arg, weight, bias, residual_arg, mean, invstd, activation);
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const BatchNormLayout l = batch_norm_layout(input);
+  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  const bool with_residual = residual_arg.has_value();
+  const at::Tensor residual = with_residual ? batch_norm_dense_like(*residual_arg, input) : at::Tensor();
+  const bool save_mask = with_residual && activation != bn::kIdentity;
+  at::Tensor output = at::empty_like(input);
+  at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
+                              : at::empty({0}, input.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_act", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const int64_t C = l.channels;
+    std::vector<acc_t> scale(C), shift(C);
+    for (int64_t c = 0; c < C; ++c)
+      bn::forward_coefficients(params.mean.data_ptr<acc_t>()[c], params.invstd.data_ptr<acc_t>()[c],
+                               params.weight.data_ptr<acc_t>()[c], params.bias.data_ptr<acc_t>()[c],
+                               scale[c], shift[c]);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* r = with_residual ? residual.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y = output.data_ptr<scalar_t>();
+    bool* m = save_mask ? mask.data_ptr<bool>() : nullptr;
+    const acc_t slope = static_cast<acc_t>(negative_slope);
+    const int64_t span = l.channels_last ? C : l.positions;
+    const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * C;
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));
+    at::parallel_for(0, spans, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        const int64_t offset = s * span;
+        if (l.channels_last) {
+          forward_span<true>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
+                             span, scale.data(), shift.data(), activation, slope);
+        } else {
+          const int64_t c = s % C;
+          forward_span<false>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
+                              span, scale.data() + c, shift.data() + c, activation, slope);
+        }
+      }
+    });
+  });
+  return {output, mask};
+}
+
+// ---------------------------------------------------------------- backward
+
+// g = dy * act'(pre) for one vector, pre recomputed from x or read from the saved mask.
+template <bool kPerLane, typename scalar_t>
+inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t i,
+                                const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                                int64_t activation, opmath_t<scalar_t> slope) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = OpVec<scalar_t>;
+  const Vec g = load_opmath(dy + i);
+  if (activation == bn::kIdentity) return g;
+  Vec pre;
+  if (mask) {
+    alignas(64) acc_t lanes[Vec::size()];
+    for (int64_t j = 0; j < Vec::size(); ++j) lanes[j] = mask[i + j] ? acc_t(1) : acc_t(-1);
+    pre = Vec::loadu(lanes);
+  } else {
+    const Vec a = kPerLane ? Vec::loadu(scale + i) : Vec(scale[0]);
+    const Vec b = kPerLane ? Vec::loadu(shift + i) : Vec(shift[0]);
+    pre = at::vec::fmadd(load_opmath(x + i), a, b);
+  }
+  const Vec zero(0);
+  const Vec negative = activation == bn::kRelu ? zero : g * Vec(slope);
+  return Vec::blendv(negative, g, pre > zero);
+}
+
+template <bool kPerLane, typename scalar_t>
+inline opmath_t<scalar_t> grad_scalar(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t i,
+                                      const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                                      int64_t activation, opmath_t<scalar_t> slope) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t k = kPerLane ? i : 0;
+  const bool positive = mask ? mask[i] : static_cast<acc_t>(x[i]) * scale[k] + shift[k] > acc_t(0);
+  return bn::activation_grad(static_cast<acc_t>(dy[i]), positive, activation, slope);
+}
+
+// Adds sum(g) and sum(g * (x - mean)) of a span to sums[0] and sums[1] (kPerLane false)
+// or to sum_g[i] and sum_gx[i] per lane (kPerLane true).
+template <bool kPerLane, typename scalar_t>
+void reduce_span(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t n,
+                 const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                 const opmath_t<scalar_t>* mean, int64_t activation, opmath_t<scalar_t> slope,
+                 opmath_t<scalar_t>* sum_g, opmath_t<scalar_t>* sum_gx) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = OpVec<scalar_t>;
+  Vec acc_g(0), acc_gx(0);
+  const Vec vmean(mean[0]);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec g = grad_vec<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const Vec centered = load_opmath(x + i) - (kPerLane ? Vec::loadu(mean + i) : vmean);
+    if (kPerLane) {
+      (Vec::loadu(sum_g + i) + g).store(sum_g + i);
+      at::vec::fmadd(g, centered, Vec::loadu(sum_gx + i)).store(sum_gx + i);
+    } else {
+      acc_g += g;
+      acc_gx = at::vec::fmadd(g, centered, acc_gx);
+    }
+  }
+  acc_t tail_g = 0, tail_gx = 0;
+  for (; i < n; ++i) {
+    const int64_t k = kPerLane ? i : 0;
+    const acc_t g = grad_scalar<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const acc_t gx = g * (static_cast<acc_t>(x[i]) - mean[k]);
+    if (kPerLane) {
+      sum_g[i] += g;
+      sum_gx[i] += gx;
+    } else {
+      tail_g += g;
+      tail_gx += gx;
+    }
+  }
+  if (!kPerLane) {
+    const auto add = [](Vec a, Vec b) { return a + b; };
+    sum_g[0] += at::vec::vec_reduce_all(add, acc_g) + tail_g;
+    sum_gx[0] += at::vec::vec_reduce_all(add, acc_gx) + tail_gx;
+  }
+}
+
+
+template <typename acc_t>
+void forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
+  const int64_t C = p.mean.numel();
+  scale.resize(C);
+  shift.resize(C);
+  for (int64_t c = 0; c < C; ++c)
+    bn::forward_coefficients(p.mean.data_ptr<acc_t>()[c], p.invstd.data_ptr<acc_t>()[c],
+                             p.weight.data_ptr<acc_t>()[c], p.bias.data_ptr<acc_t>()[c], scale[c], shift[c]);
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
+    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& invstd, int64_t activation, double negative_slope) {
+  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const bool with_mask = has_saved_mask(mask_arg) && activation != bn::kIdentity;
+  const at::Tensor mask = with_mask ? batch_norm_dense_like(mask_arg, input) : at::Tensor();
+  const BatchNormLayout l = batch_norm_layout(input);
+  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  const auto options = input.options().dtype(batch_norm_stats_dtype(input));
+  at::Tensor sum_g = at::zeros({l.channels}, options);
+  at::Tensor sum_gx = at::zeros({l.channels}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_act_backward_reduce", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const int64_t C = l.channels;
+    std::vector<acc_t> scale, shift;
+    forward_coefficients(params, scale, shift);
+    const acc_t* mu = params.mean.data_ptr<acc_t>();
+    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const bool* m = with_mask ? mask.const_data_ptr<bool>() : nullptr;
+    const acc_t slope = static_cast<acc_t>(negative_slope);
+    acc_t* out_g = sum_g.data_ptr<acc_t>();
+    acc_t* out_gx = sum_gx.data_ptr<acc_t>();
+    if (l.channels_last) {
+      const int64_t P = l.batch * l.positions;
+      const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(P, at::get_num_threads()));
+      std::vector<acc_t> part(2 * C * slices, 0);
+      at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t slice = begin; slice < end; ++slice) {
+          acc_t* part_g = part.data() + 2 * C * slice;
+          for (int64_t p = P * slice / slices; p < P * (slice + 1) / slices; ++p) {
+            const int64_t o = p * C;
+            reduce_span<true>(dy + o, x + o, m ? m + o : nullptr, C, scale.data(), shift.data(), mu,
+                              activation, slope, part_g, part_g + C);
+          }
+        }
+      });
+      for (int64_t s = 0; s < slices; ++s)
+        for (int64_t c = 0; c < C; ++c) {
+          out_g[c] += part[2 * C * s + c];
+          out_gx[c] += part[2 * C * s + C + c];
+        }
+    } else {
+      const int64_t S = l.positions;
+      const int64_t slices = batch_slices(l.batch, C);
+      std::vector<acc_t> part(2 * C * slices, 0);
+      at::parallel_for(0, C * slices, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t c = task / slices, slice = task % slices;
+          for (int64_t n = l.batch * slice / slices; n < l.batch * (slice + 1) / slices; ++n) {
+            const int64_t o = (n * C + c) * S;
+            reduce_span<false>(dy + o, x + o, m ? m + o : nullptr, S, scale.data() + c, shift.data() + c,
+                               mu + c, activation, slope, &part[2 * task], &part[2 * task + 1]);
+          }
+        }
+      });
+      for (int64_t task = 0; task < C * slices; ++task) {
+        out_g[task / slices] += part[2 * task];
+        out_gx[task / slices] += part[2 * task + 1];
+      }
+    }
+  });
+  return {sum_g, sum_gx};
+}
+
+// dx = g * k1 + x * k2 + k3 and, when wanted, grad_residual = g over one span.
+template <bool kPerLane, typename scalar_t>
+void apply_span(const scalar_t* dy, const scalar_t* x, const bool* mask, scalar_t* dx, scalar_t* dr,
+                int64_t n, const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                const opmath_t<scalar_t>* k1, const opmath_t<scalar_t>* k2, const opmath_t<scalar_t>* k3,
+                int64_t activation, opmath_t<scalar_t> slope) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = OpVec<scalar_t>;
+  const Vec v1(k1[0]), v2(k2[0]), v3(k3[0]);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec g = grad_vec<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const Vec a = kPerLane ? Vec::loadu(k1 + i) : v1;
+    const Vec b = kPerLane ? Vec::loadu(k2 + i) : v2;
+    const Vec c = kPerLane ? Vec::loadu(k3 + i) : v3;
+    store_opmath(dx + i, at::vec::fmadd(g, a, at::vec::fmadd(load_opmath(x + i), b, c)));
+    if (dr) store_opmath(dr + i, g);
+  }
+  for (; i < n; ++i) {
+    const int64_t k = kPerLane ? i : 0;
+    const acc_t g = grad_scalar<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    dx[i] = static_cast<scalar_t>(g * k1[k] + static_cast<acc_t>(x[i]) * k2[k] + k3[k]);
+    if (dr) dr[i] = static_cast<scalar_t>(g);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
+    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& invstd, const at::Tensor& mean_grad, const at::Tensor& mean_grad_centered,
+    int64_t activation, double negative_slope, bool residual_grad) {
+  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
+  const at::ScalarType stats = batch_norm_stats_dtype(input_arg);
+  TORCH_CHECK_VALUE(mean_grad.numel() == input_arg.size(1) && mean_grad_centered.numel() == input_arg.size(1) &&
+                        mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats,
+                    "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (",
+                    input_arg.size(1), ",) tensors of dtype ", stats);
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const bool with_mask = has_saved_mask(mask_arg) && activation != bn::kIdentity;
+  const at::Tensor mask = with_mask ? batch_norm_dense_like(mask_arg, input) : at::Tensor();
+  const BatchNormLayout l = batch_norm_layout(input);
+  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  const at::Tensor mg = mean_grad.contiguous(), mgx = mean_grad_centered.contiguous();
+  at::Tensor grad_input = at::empty_like(input);
+  at::Tensor grad_residual = residual_grad ? at::empty_like(input) : at::empty({0}, input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_act_backward_apply", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const int64_t C = l.channels;
+    std::vector<acc_t> scale, shift, k1(C), k2(C), k3(C);
+    forward_coefficients(params, scale, shift);
+    for (int64_t c = 0; c < C; ++c)
+      bn::backward_coefficients(params.mean.data_ptr<acc_t>()[c], params.invstd.data_ptr<acc_t>()[c],
+                                params.weight.data_ptr<acc_t>()[c], mg.data_ptr<acc_t>()[c],
+                                mgx.data_ptr<acc_t>()[c], k1[c], k2[c], k3[c]);
+    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const bool* m = with_mask ? mask.const_data_ptr<bool>() : nullptr;
+    scalar_t* dx = grad_input.data_ptr<scalar_t>();
+    scalar_t* dr = residual_grad ? grad_residual.data_ptr<scalar_t>() : nullptr;
+    const acc_t slope = static_cast<acc_t>(negative_slope);
+    const int64_t span = l.channels_last ? C : l.positions;
+    const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * C;
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));
+    at::parallel_for(0, spans, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        const int64_t o = s * span;
+        const int64_t c = l.channels_last ? 0 : s % C;
+        const auto run = [&](auto per_lane) {
+          apply_span<decltype(per_lane)::value>(dy + o, x + o, m ? m + o : nullptr, dx + o, dr ? dr + o : nullptr,
+                                                span, scale.data() + c, shift.data() + c, k1.data() + c,
+                                                k2.data() + c, k3.data() + c, activation, slope);
+        };
+        if (l.channels_last) run(std::true_type{}); else run(std::false_type{});
+      }
+    });
+  });
+  return {grad_input, grad_residual};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
+    const at::Tensor& invstd, bool batch_stats, int64_t activation, double negative_slope,
+    bool residual_grad) {
+  auto [sum_g, sum_gx] = batch_norm_act_backward_reduce_cpu(grad_output, input, weight, bias, mask, mean,
+                                                            invstd, activation, negative_slope);
+  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
+  at::Tensor mean_g, mean_gx;
+  if (batch_stats && count > 0) {
+    mean_g = sum_g / static_cast<double>(count);
+    mean_gx = sum_gx / static_cast<double>(count);
+  } else {
+    mean_g = at::zeros_like(sum_g);
+    mean_gx = at::zeros_like(sum_gx);
+  }
+  auto [grad_input, grad_residual] = batch_norm_act_backward_apply_cpu(
+      grad_output, input, weight, bias, mask, mean, invstd, mean_g, mean_gx, activation, negative_slope,
+      residual_grad);
+  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : input.scalar_type();
+  return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace cnnkit
+
+TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
+  m.impl("batch_norm_stats", &cnnkit::cpu::batch_norm_stats_cpu);
+  m.impl("batch_norm_act", &cnnkit::cpu::batch_norm_act_cpu);
+  m.impl("batch_norm_act_backward", &cnnkit::cpu::batch_norm_act_backward_cpu);
+  m.impl("batch_norm_act_backward_reduce", &cnnkit::cpu::batch_norm_act_backward_reduce_cpu);
+  m.impl("batch_norm_act_backward_apply", &cnnkit::cpu::batch_norm_act_backward_apply_cpu);
+}

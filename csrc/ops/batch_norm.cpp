@@ -1,0 +1,158 @@
+// BatchNorm + activation (+ residual add): op schemas and the checks every backend shares.
+#include "ops/batch_norm.h"
+
+#include <ATen/ATen.h>
+#include <cnnkit/batch_norm.h>
+#include <torch/library.h>
+
+namespace cnnkit {
+
+namespace {
+
+void check_same_place(const char* name, const at::Tensor& tensor, const at::Tensor& input) {
+  TORCH_CHECK(tensor.device() == input.device(), "batch_norm_act: ", name, " is on ",
+              tensor.device(), " but input is on ", input.device());
+}
+
+void check_per_channel(const char* name, const at::Tensor& tensor, const at::Tensor& input,
+                       at::ScalarType dtype) {
+  check_same_place(name, tensor, input);
+  TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.numel() == input.size(1), "batch_norm_act: ",
+                    name, " must have shape (", input.size(1), ",), got ", tensor.sizes());
+  TORCH_CHECK_TYPE(tensor.scalar_type() == dtype, "batch_norm_act: ", name, " must have dtype ",
+                   dtype, ", got ", tensor.scalar_type());
+}
+
+}  // namespace
+
+BatchNormLayout batch_norm_layout(const at::Tensor& dense_input) {
+  const int64_t batch = dense_input.size(0);
+  const int64_t channels = dense_input.size(1);
+  int64_t positions = 1;
+  for (int64_t d = 2; d < dense_input.dim(); ++d) positions *= dense_input.size(d);
+  // With one position per sample the two orders coincide; the channels-last kernels then
+  // vectorise over channels instead of over rows of length one.
+  return {batch, channels, positions, !dense_input.is_contiguous() || positions == 1};
+}
+
+at::Tensor batch_norm_dense(const at::Tensor& input) {
+  if (input.is_contiguous()) return input;
+  if (input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) return input;
+  if (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return input;
+  return input.contiguous();
+}
+
+at::Tensor batch_norm_dense_like(const at::Tensor& tensor, const at::Tensor& dense_input) {
+  if (dense_input.is_contiguous()) return tensor.contiguous();
+  return tensor.contiguous(dense_input.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                                  : at::MemoryFormat::ChannelsLast3d);
+}
+
+at::ScalarType batch_norm_stats_dtype(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_batch_norm_input(const at::Tensor& input) {
+  TORCH_CHECK_VALUE(input.dim() >= 2, "batch_norm_act: input must have 2 or more dimensions ",
+                    "(N, C, ...), got ", input.dim());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "batch_norm_act: input must be a floating-point tensor, got ",
+                   input.scalar_type());
+}
+
+void check_batch_norm_act(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                          const c10::optional<at::Tensor>& bias,
+                          const c10::optional<at::Tensor>& residual, const at::Tensor& mean,
+                          const at::Tensor& invstd, int64_t activation) {
+  check_batch_norm_input(input);
+  TORCH_CHECK_VALUE(activation >= batch_norm::kIdentity && activation <= batch_norm::kLeakyRelu,
+                    "batch_norm_act: activation must be 0 (identity), 1 (relu) or 2 ",
+                    "(leaky_relu), got ", activation);
+  if (weight.has_value()) check_per_channel("weight", *weight, input, input.scalar_type());
+  if (bias.has_value()) check_per_channel("bias", *bias, input, input.scalar_type());
+  const at::ScalarType stats = batch_norm_stats_dtype(input);
+  check_per_channel("mean", mean, input, stats);
+  check_per_channel("invstd", invstd, input, stats);
+  if (residual.has_value()) {
+    check_same_place("residual", *residual, input);
+    TORCH_CHECK_VALUE(residual->sizes() == input.sizes(), "batch_norm_act: residual must have ",
+                      "the input's shape ", input.sizes(), ", got ", residual->sizes());
+    TORCH_CHECK_TYPE(residual->scalar_type() == input.scalar_type(), "batch_norm_act: residual ",
+                     "must have the input's dtype ", input.scalar_type(), ", got ",
+                     residual->scalar_type());
+  }
+}
+
+void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const c10::optional<at::Tensor>& weight,
+                                   const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                   int64_t activation) {
+  check_batch_norm_act(input, weight, bias, c10::nullopt, mean, invstd, activation);
+  check_same_place("grad_output", grad_output, input);
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "batch_norm_act_backward: ",
+                    "grad_output must have the input's shape ", input.sizes(), ", got ",
+                    grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "batch_norm_act_backward: ",
+                   "grad_output must have the input's dtype ", input.scalar_type(), ", got ",
+                   grad_output.scalar_type());
+  if (has_saved_mask(mask)) {
+    check_same_place("mask", mask, input);
+    TORCH_CHECK_VALUE(mask.sizes() == input.sizes() && mask.scalar_type() == at::kBool,
+                      "batch_norm_act_backward: mask must be empty or a bool tensor of the ",
+                      "input's shape ", input.sizes(), ", got ", mask.scalar_type(), " ",
+                      mask.sizes());
+  }
+}
+
+ChannelParams batch_norm_channel_params(const at::Tensor& input,
+                                        const c10::optional<at::Tensor>& weight,
+                                        const c10::optional<at::Tensor>& bias,
+                                        const at::Tensor& mean, const at::Tensor& invstd) {
+  const auto stats = at::TensorOptions().dtype(batch_norm_stats_dtype(input)).device(input.device());
+  const int64_t channels = input.size(1);
+  ChannelParams params;
+  params.mean = mean.contiguous();
+  params.invstd = invstd.contiguous();
+  params.weight = weight.has_value() ? weight->to(stats.dtype()).contiguous()
+                                     : at::ones({channels}, stats);
+  params.bias = bias.has_value() ? bias->to(stats.dtype()).contiguous()
+                                 : at::zeros({channels}, stats);
+  return params;
+}
+
+}  // namespace cnnkit
+
+TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
+  // Per-channel batch mean and biased variance, in float64 for float64 input and float32
+  // otherwise (zero for an empty batch).
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  // act((input - mean) * invstd * weight + bias [+ residual]). `batch_stats` says mean and
+  // invstd are the input's own batch statistics (backward then differentiates through
+  // them). `mask` is `pre-activation > 0` when a residual and an activation are given (the
+  // backward cannot recompute it without the residual), otherwise empty.
+  m.def(
+      "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, Tensor mean, "
+      "Tensor invstd, bool batch_stats, int activation, float negative_slope) "
+      "-> (Tensor output, Tensor mask)");
+  // Gradients of input, weight, bias (per channel, always given) and residual (empty
+  // unless residual_grad): the reduce pass, then the apply pass.
+  m.def(
+      "batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mask, Tensor mean, Tensor invstd, bool batch_stats, int activation, "
+      "float negative_slope, bool residual_grad) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias, Tensor grad_residual)");
+  // The two passes on their own (SyncBatchNorm all-reduces between them): per-channel sums
+  // of g = grad_output * act'(pre) and of g * (input - mean), in the stats dtype.
+  m.def(
+      "batch_norm_act_backward_reduce(Tensor grad_output, Tensor input, Tensor? weight, "
+      "Tensor? bias, Tensor mask, Tensor mean, Tensor invstd, int activation, "
+      "float negative_slope) -> (Tensor sum_grad, Tensor sum_grad_centered)");
+  // grad_input from the batch means of those sums (zeros when the statistics were not the
+  // batch's), and grad_residual = g when residual_grad.
+  m.def(
+      "batch_norm_act_backward_apply(Tensor grad_output, Tensor input, Tensor? weight, "
+      "Tensor? bias, Tensor mask, Tensor mean, Tensor invstd, Tensor mean_grad, "
+      "Tensor mean_grad_centered, int activation, float negative_slope, bool residual_grad) "
+      "-> (Tensor grad_input, Tensor grad_residual)");
+}

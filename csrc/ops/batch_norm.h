@@ -1,0 +1,56 @@
+#pragma once
+// BatchNorm + activation (+ residual add): argument checks and layout helpers shared by
+// every backend.
+#include <ATen/core/Tensor.h>
+
+#include <c10/util/Optional.h>
+
+namespace cnnkit {
+
+// The input viewed as (N, C, S), S the product of the spatial sizes, dense in
+// channels-first memory order (x[n][c][s]) or channels-last order (x[n][s][c]).
+struct BatchNormLayout {
+  int64_t batch, channels, positions;
+  bool channels_last;
+};
+BatchNormLayout batch_norm_layout(const at::Tensor& dense_input);
+
+// `input` itself when dense in channels-first or channels-last order, else a
+// channels-first copy; outputs are allocated in the same order.
+at::Tensor batch_norm_dense(const at::Tensor& input);
+
+// `tensor` in the memory order of `dense_input` (a result of batch_norm_dense).
+at::Tensor batch_norm_dense_like(const at::Tensor& tensor, const at::Tensor& dense_input);
+
+// The dtype of the statistics of an input: float64 for float64 input, float32 otherwise.
+at::ScalarType batch_norm_stats_dtype(const at::Tensor& input);
+
+void check_batch_norm_input(const at::Tensor& input);
+
+// Checks of batch_norm_act: per-channel tensors, residual, statistics and activation.
+void check_batch_norm_act(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                          const c10::optional<at::Tensor>& bias,
+                          const c10::optional<at::Tensor>& residual, const at::Tensor& mean,
+                          const at::Tensor& invstd, int64_t activation);
+
+// Checks of the backward ops: the forward's checks plus grad_output and the saved mask.
+void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const c10::optional<at::Tensor>& weight,
+                                   const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                   int64_t activation);
+
+// True when `mask` holds a saved activation mask (an empty one means: recompute it).
+inline bool has_saved_mask(const at::Tensor& mask) { return mask.numel() > 0; }
+
+// The per-channel tensors as contiguous float statistics of the stats dtype, with weight
+// 1 and bias 0 standing in for missing ones.
+struct ChannelParams {
+  at::Tensor mean, invstd, weight, bias;
+};
+ChannelParams batch_norm_channel_params(const at::Tensor& input,
+                                        const c10::optional<at::Tensor>& weight,
+                                        const c10::optional<at::Tensor>& bias,
+                                        const at::Tensor& mean, const at::Tensor& invstd);
+
+}  // namespace cnnkit
