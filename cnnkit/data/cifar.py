@@ -1,0 +1,88 @@
+"""CIFAR-10 from the standard python-pickle batches (cifar-10-batches-py).
+
+The batches are pickles; the unpickler here accepts only the numpy classes that an array
+needs, so a tampered file cannot run code.
+"""
+
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from .dataset import ImageDataset
+from .errors import DataFormatError, DataNotFoundError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+BATCHES_DIR = "cifar-10-batches-py"
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def _read_batch(path):
+    try:
+        with open(path, "rb") as file:
+            batch = _ArrayUnpickler(file, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataNotFoundError(
+            f"{path}: no such file; point --data-dir (or CNNKIT_DATA) at the extracted "
+            f"{BATCHES_DIR} directory of CIFAR-10"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise DataFormatError(
+            f"{path}: not a readable CIFAR-10 batch ({error}); download and extract it again"
+        ) from None
+    if not isinstance(batch, dict):
+        raise DataFormatError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    try:
+        data = np.asarray(batch["data"])
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except KeyError as error:
+        raise DataFormatError(f"{path}: missing key {error.args[0]!r}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataFormatError(
+            f"{path}: expected uint8 data of shape (N, 3072), got {data.dtype} {data.shape}"
+        )
+    if labels.shape != (data.shape[0],):
+        raise DataFormatError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES)):
+        raise DataFormatError(f"{path}: labels out of range 0..{len(CIFAR10_CLASSES) - 1}")
+    return data, labels
+
+
+def load_cifar10(directory, train=True):
+    """The training (50,000) or test (10,000) split; `directory` is cifar-10-batches-py or
+    its parent."""
+    directory = os.fspath(directory)
+    if os.path.isdir(os.path.join(directory, BATCHES_DIR)):
+        directory = os.path.join(directory, BATCHES_DIR)
+    if not os.path.isdir(directory):
+        raise DataNotFoundError(
+            f"{directory}: no such directory; pass --data-dir (or set CNNKIT_DATA) to the "
+            f"extracted {BATCHES_DIR} directory of CIFAR-10"
+        )
+    parts = [_read_batch(os.path.join(directory, name))
+             for name in (TRAIN_BATCHES if train else TEST_BATCHES)]
+    data = np.concatenate([data for data, _ in parts])
+    labels = np.concatenate([labels for _, labels in parts])
+    images = torch.from_numpy(data).view(-1, 3, 32, 32)  # rows are R plane, G plane, B plane
+    return ImageDataset(images, torch.from_numpy(labels), CIFAR10_CLASSES, "cifar10")

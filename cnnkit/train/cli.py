@@ -1,0 +1,134 @@
+"""`cnnkit train MODEL [options]` and `cnnkit evaluate CHECKPOINT [options]`.
+
+A user's mistake (missing data, unknown model, bad value, damaged checkpoint) ends with
+one line saying what is wrong and what to do, and exit status 1; argparse's usage errors
+exit with 2; Ctrl-C saves a checkpoint and exits with 130.
+"""
+
+import argparse
+import sys
+
+from cnnkit.data import DataError
+from .checkpoint import CheckpointError
+from .config import AMP_DTYPES, AUGMENTATIONS, OPTIMIZERS, ConfigError
+from .schedules import SCHEDULES
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+USER_ERRORS = (DataError, CheckpointError, ConfigError)
+
+
+def _milestones(text):
+    try:
+        return tuple(int(part) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}")
+
+
+def train_parser():
+    parser = argparse.ArgumentParser(
+        prog="cnnkit train",
+        description="Train a model of the zoo. Settings left out come from the model's "
+                    "recipe (LeNet-5: Fashion-MNIST, Adam on the LeNet schedule x4, 12 epochs).")
+    add = parser.add_argument
+    add("model", help="model name (see `cnnkit summary --list` or cnnkit.models.list_models())")
+    add("--dataset", help="fashion-mnist, mnist or cifar10")
+    add("--data-dir", help="directory of the data set (default: $CNNKIT_DATA, else the data "
+                           "set's standard location)")
+    add("--epochs", type=int)
+    add("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    add("--optimizer", choices=OPTIMIZERS)
+    add("--lr", type=float, help="initial learning rate (the lenet schedule uses --lr-scale)")
+    add("--momentum", type=float)
+    add("--weight-decay", type=float)
+    add("--schedule", choices=SCHEDULES)
+    add("--lr-scale", type=float, help="factor on the LeNet schedule's rates")
+    add("--milestones", type=_milestones, help="epochs where the step schedule divides by 10")
+    add("--augment", help=f"comma-separated subset of {','.join(AUGMENTATIONS)}, or none")
+    add("--fused", action=argparse.BooleanOptionalAction, default=None,
+        help="build the model from cnnkit's fused modules (default) or plain torch.nn")
+    add("--channels-last", action="store_true", default=None)
+    add("--compile", action="store_true", default=None, help="torch.compile the model")
+    add("--amp", action="store_true", default=None,
+        help="mixed precision autocast (bfloat16; float16 with --amp-dtype on CUDA)")
+    add("--amp-dtype", choices=AMP_DTYPES)
+    add("--ten-crop", action="store_true", default=None, help="AlexNet's 10-crop evaluation")
+    add("--seed", type=int)
+    add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add("--output", help="directory for logs, metrics, plot and checkpoints (runs/MODEL)")
+    add("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+        help="continue from the output directory's newest checkpoint, or from CHECKPOINT")
+    add("--no-progress", dest="progress", action="store_false", default=None)
+    add("--limit-train", type=int, help="train on the first N examples only")
+    add("--limit-test", type=int, help="evaluate on the first N examples only")
+    add("--eval-batch-size", type=int)
+    return parser
+
+
+def _parse(parser, argv):
+    try:
+        return parser.parse_args(argv), None
+    except SystemExit as exit_:  # --help or a usage error: argparse already printed
+        return None, int(exit_.code or 0)
+
+
+def _fail(command, error):
+    message = " ".join(str(error).split("\n")[0].split())
+    print(f"cnnkit {command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def train_main(argv):
+    args, code = _parse(train_parser(), argv)
+    if args is None:
+        return code
+    from .loop import fit
+
+    settings = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        result = fit(**settings)
+    except USER_ERRORS as error:
+        return _fail("train", error)
+    except KeyboardInterrupt:
+        print("cnnkit train: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def evaluate_parser():
+    parser = argparse.ArgumentParser(
+        prog="cnnkit evaluate",
+        description="Top-1 and top-5 of a checkpoint (or a run directory's newest intact "
+                    "checkpoint) on its data set's test split.")
+    add = parser.add_argument
+    add("checkpoint")
+    add("--data-dir")
+    add("--device", default="cpu")
+    add("--batch-size", type=int, default=1000)
+    add("--ten-crop", action=argparse.BooleanOptionalAction, default=None)
+    add("--limit-test", type=int)
+    add("--per-class", action="store_true", help="also print each class's accuracy")
+    return parser
+
+
+def evaluate_main(argv):
+    args, code = _parse(evaluate_parser(), argv)
+    if args is None:
+        return code
+    from .evaluate import evaluate_checkpoint
+    from .metrics import per_class_accuracy
+
+    if args.batch_size <= 0:
+        return _fail("evaluate", f"--batch-size: expected a positive int, got {args.batch_size}")
+    try:
+        path, metrics, meter, test_set = evaluate_checkpoint(
+            args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,
+            args.limit_test)
+    except USER_ERRORS as error:
+        return _fail("evaluate", error)
+    if args.per_class:
+        for name, accuracy in zip(test_set.classes, per_class_accuracy(meter.confusion)):
+            print(f"  {name:<14} {100 * float(accuracy):6.2f}%")
+    print(f"{path}: {metrics['count']} test images, top-1 accuracy "
+          f"{100 * metrics['top1_acc']:.2f}% (error {100 * metrics['top1_err']:.2f}%), "
+          f"top-5 error {100 * metrics['top5_err']:.2f}%, loss {metrics['loss']:.4f}")
+    return 0

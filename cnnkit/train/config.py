@@ -1,0 +1,114 @@
+"""TrainConfig: every setting of a training run. None means "the model's recipe default"."""
+
+import dataclasses
+
+from .recipes import recipe_for
+from .schedules import SCHEDULES, resnet_milestones
+
+class ConfigError(ValueError):
+    """A training setting is invalid (an unknown model, a bad value)."""
+
+
+OPTIMIZERS = ("sgd", "adam")
+AUGMENTATIONS = ("crop", "flip", "pca")
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "lenet5"
+    dataset: str = None
+    data_dir: str = None
+    epochs: int = None
+    batch_size: int = None  # global: split across the processes of a distributed run
+    optimizer: str = None
+    lr: float = None  # ignored by the lenet schedule, which sets lr_scale * LENET_STEPS
+    momentum: float = None
+    weight_decay: float = None
+    schedule: str = None
+    lr_scale: float = None
+    milestones: tuple = None
+    augment: str = None  # comma-separated subset of AUGMENTATIONS, or "none"
+    fused: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    amp: bool = False
+    amp_dtype: str = None  # bfloat16 (default; the only choice on CPU) or float16 on CUDA
+    ten_crop: bool = False
+    seed: int = 0
+    device: str = None  # cuda when available, else cpu
+    output: str = None  # default runs/<model>
+    resume: object = False  # True: the output directory's newest checkpoint; or a path
+    progress: bool = True
+    limit_train: int = None  # use only the first N training examples (quick runs, tests)
+    limit_test: int = None
+    eval_batch_size: int = 1000
+    keep_checkpoints: int = 2
+
+    def resolved(self):
+        """A copy with every None filled from the model's recipe, and values checked."""
+        recipe = recipe_for(self.model)
+        values = dataclasses.asdict(self)
+        for key, default in recipe.items():
+            if values.get(key) is None:
+                values[key] = default
+        config = TrainConfig(**values)
+        if config.output is None:
+            config.output = f"runs/{config.model}"
+        if config.amp_dtype is None:
+            config.amp_dtype = "bfloat16"
+        config.check()
+        return config
+
+    def check(self):
+        def positive(name, value, kind=int):
+            if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name}: expected a positive {kind.__name__}, got {value!r}")
+
+        positive("epochs", self.epochs)
+        positive("batch_size", self.batch_size)
+        positive("eval_batch_size", self.eval_batch_size)
+        positive("keep_checkpoints", self.keep_checkpoints)
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule: expected one of {', '.join(SCHEDULES)}, "
+                             f"got {self.schedule!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(f"amp_dtype: expected one of {', '.join(AMP_DTYPES)}, "
+                             f"got {self.amp_dtype!r}")
+        for name in ("lr", "lr_scale"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay"):
+            if not float(getattr(self, name)) >= 0:
+                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+        unknown = set(self.augmentations) - set(AUGMENTATIONS)
+        if unknown:
+            raise ConfigError(f"augment: unknown augmentation {sorted(unknown)[0]!r}; expected "
+                             f"a comma-separated subset of {', '.join(AUGMENTATIONS)}, or none")
+
+    @property
+    def augmentations(self):
+        if not self.augment or self.augment == "none":
+            return ()
+        return tuple(part.strip() for part in self.augment.split(",") if part.strip())
+
+    def step_milestones(self, model_input_size):
+        if self.milestones:
+            return list(self.milestones)
+        return resnet_milestones(self.epochs, cifar=model_input_size <= 64)
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        values["milestones"] = list(self.milestones) if self.milestones else None
+        return values
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})

