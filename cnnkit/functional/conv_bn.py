@@ -67,6 +67,8 @@ def _onednn_applies(input, weight, bias, residual, padding, activation):
     slower than the plain convolution followed by an in-place activation (see
     benchmarks/bench_conv_bn.py); for channels_last input it is one pass.
     """
+    if torch.compiler.is_compiling():
+        return False  # inductor fuses the plain ops itself
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     if input.device.type != "cpu" or input.dim() != 4 or input.numel() == 0:
@@ -79,8 +81,6 @@ def _onednn_applies(input, weight, bias, residual, padding, activation):
         return False
     if isinstance(padding, str) or _needs_grad(input, weight, bias, residual):
         return False
-    if torch.compiler.is_compiling():
-        return False  # inductor fuses the plain ops itself
     if not input.is_contiguous(memory_format=torch.channels_last):
         return False
     if residual is not None:
