@@ -28,6 +28,15 @@ namespace bn = cnnkit::batch_norm;
 constexpr int64_t kStatsBlock = 16;
 // Elements per parallel task in the elementwise passes.
 constexpr int64_t kGrainElements = 32768;
+// Elements per tile of a span that uses the saved mask: the bool mask is converted to or
+// from the sign of a float buffer one tile at a time, in loops the compiler vectorises.
+constexpr int64_t kMaskTile = 1024;
+
+// Runs fn(offset, length) over [0, n) in tiles of at most kMaskTile elements.
+template <typename Fn>
+inline void for_each_tile(int64_t n, const Fn& fn) {
+  for (int64_t t = 0; t < n; t += kMaskTile) fn(t, std::min(kMaskTile, n - t));
+}
 
 // Number of batch slices per channel so that channels * slices gives every thread work.
 int64_t batch_slices(int64_t batch, int64_t channels) {
@@ -193,10 +202,26 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_
 
 // ---------------------------------------------------------------- forward
 
+// Fills sign[0, n) with +1 where the saved mask is set and -1 elsewhere.
+template <typename acc_t>
+inline void mask_to_sign(const bool* __restrict mask, int64_t n, acc_t* __restrict sign) {
+  const uint8_t* __restrict bytes = reinterpret_cast<const uint8_t*>(mask);
+  for (int64_t j = 0; j < n; ++j) sign[j] = static_cast<acc_t>(2 * static_cast<int32_t>(bytes[j]) - 1);
+}
+
+// mask[0, n) = pre[0, n) > 0.
+template <typename acc_t>
+inline void sign_to_mask(const acc_t* __restrict pre, int64_t n, bool* __restrict mask) {
+  uint8_t* __restrict bytes = reinterpret_cast<uint8_t*>(mask);
+  for (int64_t j = 0; j < n; ++j) bytes[j] = static_cast<uint8_t>(pre[j] > acc_t(0));
+}
+
+
 // One span of `n` values: a row of one channel (kPerLane false: coefficients [0]) or a
 // position's channels (kPerLane true: coefficients [i]).
+// `pre_out`, when given, receives the pre-activation values (to become the saved mask).
 template <bool kPerLane, typename scalar_t>
-void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, bool* mask, int64_t n,
+void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, opmath_t<scalar_t>* pre_out, int64_t n,
                   const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
                   int64_t activation, opmath_t<scalar_t> slope) {
   using acc_t = opmath_t<scalar_t>;
@@ -212,19 +237,29 @@ void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, bool
     if (activation == bn::kRelu) out = at::vec::maximum(pre, zero);
     if (activation == bn::kLeakyRelu) out = Vec::blendv(pre * vslope, pre, pre > zero);
     store_opmath(y + i, out);
-    if (mask) {
-      alignas(64) acc_t lanes[Vec::size()];
-      pre.store(lanes);
-      for (int64_t j = 0; j < Vec::size(); ++j) mask[i + j] = lanes[j] > acc_t(0);
-    }
+    if (pre_out) pre.store(pre_out + i);
   }
   for (; i < n; ++i) {
     const int64_t k = kPerLane ? i : 0;
     acc_t pre = static_cast<acc_t>(x[i]) * scale[k] + shift[k];
     if (residual) pre += static_cast<acc_t>(residual[i]);
     y[i] = static_cast<scalar_t>(bn::activate(pre, activation, slope));
-    if (mask) mask[i] = pre > acc_t(0);
+    if (pre_out) pre_out[i] = pre;
   }
+}
+
+template <bool kPerLane, typename scalar_t>
+void forward_span_with_mask(const scalar_t* x, const scalar_t* residual, scalar_t* y, bool* mask, int64_t n,
+                            const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                            int64_t activation, opmath_t<scalar_t> slope) {
+  if (!mask) return forward_span<kPerLane>(x, residual, y, nullptr, n, scale, shift, activation, slope);
+  alignas(64) opmath_t<scalar_t> pre[kMaskTile];
+  for_each_tile(n, [&](int64_t t, int64_t len) {
+    const int64_t k = kPerLane ? t : 0;
+    forward_span<kPerLane>(x + t, residual ? residual + t : nullptr, y + t, pre, len, scale + k, shift + k,
+                           activation, slope);
+    sign_to_mask(pre, len, mask + t);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
@@ -262,11 +297,11 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
       for (int64_t s = begin; s < end; ++s) {
         const int64_t offset = s * span;
         if (l.channels_last) {
-          forward_span<true>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
+          forward_span_with_mask<true>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
                              span, scale.data(), shift.data(), activation, slope);
         } else {
           const int64_t c = s % C;
-          forward_span<false>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
+          forward_span_with_mask<false>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
                               span, scale.data() + c, shift.data() + c, activation, slope);
         }
       }
@@ -277,9 +312,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
 
 // ---------------------------------------------------------------- backward
 
-// g = dy * act'(pre) for one vector, pre recomputed from x or read from the saved mask.
+// g = dy * act'(pre) for one vector, pre recomputed from x or, when `sign` is given, read
+// from it (+1 or -1 per element: the saved mask).
 template <bool kPerLane, typename scalar_t>
-inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t i,
+inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, int64_t i,
                                 const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
                                 int64_t activation, opmath_t<scalar_t> slope) {
   using acc_t = opmath_t<scalar_t>;
@@ -287,10 +323,8 @@ inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const boo
   const Vec g = load_opmath(dy + i);
   if (activation == bn::kIdentity) return g;
   Vec pre;
-  if (mask) {
-    alignas(64) acc_t lanes[Vec::size()];
-    for (int64_t j = 0; j < Vec::size(); ++j) lanes[j] = mask[i + j] ? acc_t(1) : acc_t(-1);
-    pre = Vec::loadu(lanes);
+  if (sign) {
+    pre = Vec::loadu(sign + i);
   } else {
     const Vec a = kPerLane ? Vec::loadu(scale + i) : Vec(scale[0]);
     const Vec b = kPerLane ? Vec::loadu(shift + i) : Vec(shift[0]);
@@ -302,19 +336,19 @@ inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const boo
 }
 
 template <bool kPerLane, typename scalar_t>
-inline opmath_t<scalar_t> grad_scalar(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t i,
+inline opmath_t<scalar_t> grad_scalar(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, int64_t i,
                                       const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
                                       int64_t activation, opmath_t<scalar_t> slope) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t k = kPerLane ? i : 0;
-  const bool positive = mask ? mask[i] : static_cast<acc_t>(x[i]) * scale[k] + shift[k] > acc_t(0);
+  const bool positive = sign ? sign[i] > acc_t(0) : static_cast<acc_t>(x[i]) * scale[k] + shift[k] > acc_t(0);
   return bn::activation_grad(static_cast<acc_t>(dy[i]), positive, activation, slope);
 }
 
 // Adds sum(g) and sum(g * (x - mean)) of a span to sums[0] and sums[1] (kPerLane false)
 // or to sum_g[i] and sum_gx[i] per lane (kPerLane true).
 template <bool kPerLane, typename scalar_t>
-void reduce_span(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t n,
+void reduce_span(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, int64_t n,
                  const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
                  const opmath_t<scalar_t>* mean, int64_t activation, opmath_t<scalar_t> slope,
                  opmath_t<scalar_t>* sum_g, opmath_t<scalar_t>* sum_gx) {
@@ -324,7 +358,7 @@ void reduce_span(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_
   const Vec vmean(mean[0]);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec g = grad_vec<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const Vec g = grad_vec<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
     const Vec centered = load_opmath(x + i) - (kPerLane ? Vec::loadu(mean + i) : vmean);
     if (kPerLane) {
       (Vec::loadu(sum_g + i) + g).store(sum_g + i);
@@ -337,7 +371,7 @@ void reduce_span(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_
   acc_t tail_g = 0, tail_gx = 0;
   for (; i < n; ++i) {
     const int64_t k = kPerLane ? i : 0;
-    const acc_t g = grad_scalar<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const acc_t g = grad_scalar<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
     const acc_t gx = g * (static_cast<acc_t>(x[i]) - mean[k]);
     if (kPerLane) {
       sum_g[i] += g;
@@ -354,6 +388,21 @@ void reduce_span(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_
   }
 }
 
+
+template <bool kPerLane, typename scalar_t>
+void reduce_span_with_mask(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t n,
+                           const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                           const opmath_t<scalar_t>* mean, int64_t activation, opmath_t<scalar_t> slope,
+                           opmath_t<scalar_t>* sum_g, opmath_t<scalar_t>* sum_gx) {
+  if (!mask) return reduce_span<kPerLane>(dy, x, nullptr, n, scale, shift, mean, activation, slope, sum_g, sum_gx);
+  alignas(64) opmath_t<scalar_t> sign[kMaskTile];
+  for_each_tile(n, [&](int64_t t, int64_t len) {
+    const int64_t k = kPerLane ? t : 0;
+    mask_to_sign(mask + t, len, sign);
+    reduce_span<kPerLane>(dy + t, x + t, sign, len, scale + k, shift + k, mean + k, activation, slope,
+                          sum_g + k, sum_gx + k);
+  });
+}
 
 template <typename acc_t>
 void forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
@@ -400,7 +449,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
           acc_t* part_g = part.data() + 2 * C * slice;
           for (int64_t p = P * slice / slices; p < P * (slice + 1) / slices; ++p) {
             const int64_t o = p * C;
-            reduce_span<true>(dy + o, x + o, m ? m + o : nullptr, C, scale.data(), shift.data(), mu,
+            reduce_span_with_mask<true>(dy + o, x + o, m ? m + o : nullptr, C, scale.data(), shift.data(), mu,
                               activation, slope, part_g, part_g + C);
           }
         }
@@ -419,7 +468,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
           const int64_t c = task / slices, slice = task % slices;
           for (int64_t n = l.batch * slice / slices; n < l.batch * (slice + 1) / slices; ++n) {
             const int64_t o = (n * C + c) * S;
-            reduce_span<false>(dy + o, x + o, m ? m + o : nullptr, S, scale.data() + c, shift.data() + c,
+            reduce_span_with_mask<false>(dy + o, x + o, m ? m + o : nullptr, S, scale.data() + c, shift.data() + c,
                                mu + c, activation, slope, &part[2 * task], &part[2 * task + 1]);
           }
         }
@@ -435,7 +484,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
 
 // dx = g * k1 + x * k2 + k3 and, when wanted, grad_residual = g over one span.
 template <bool kPerLane, typename scalar_t>
-void apply_span(const scalar_t* dy, const scalar_t* x, const bool* mask, scalar_t* dx, scalar_t* dr,
+void apply_span(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, scalar_t* dx, scalar_t* dr,
                 int64_t n, const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
                 const opmath_t<scalar_t>* k1, const opmath_t<scalar_t>* k2, const opmath_t<scalar_t>* k3,
                 int64_t activation, opmath_t<scalar_t> slope) {
@@ -444,7 +493,7 @@ void apply_span(const scalar_t* dy, const scalar_t* x, const bool* mask, scalar_
   const Vec v1(k1[0]), v2(k2[0]), v3(k3[0]);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec g = grad_vec<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const Vec g = grad_vec<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
     const Vec a = kPerLane ? Vec::loadu(k1 + i) : v1;
     const Vec b = kPerLane ? Vec::loadu(k2 + i) : v2;
     const Vec c = kPerLane ? Vec::loadu(k3 + i) : v3;
@@ -453,10 +502,25 @@ void apply_span(const scalar_t* dy, const scalar_t* x, const bool* mask, scalar_
   }
   for (; i < n; ++i) {
     const int64_t k = kPerLane ? i : 0;
-    const acc_t g = grad_scalar<kPerLane>(dy, x, mask, i, scale, shift, activation, slope);
+    const acc_t g = grad_scalar<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
     dx[i] = static_cast<scalar_t>(g * k1[k] + static_cast<acc_t>(x[i]) * k2[k] + k3[k]);
     if (dr) dr[i] = static_cast<scalar_t>(g);
   }
+}
+
+template <bool kPerLane, typename scalar_t>
+void apply_span_with_mask(const scalar_t* dy, const scalar_t* x, const bool* mask, scalar_t* dx, scalar_t* dr,
+                          int64_t n, const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
+                          const opmath_t<scalar_t>* k1, const opmath_t<scalar_t>* k2, const opmath_t<scalar_t>* k3,
+                          int64_t activation, opmath_t<scalar_t> slope) {
+  if (!mask) return apply_span<kPerLane>(dy, x, nullptr, dx, dr, n, scale, shift, k1, k2, k3, activation, slope);
+  alignas(64) opmath_t<scalar_t> sign[kMaskTile];
+  for_each_tile(n, [&](int64_t t, int64_t len) {
+    const int64_t k = kPerLane ? t : 0;
+    mask_to_sign(mask + t, len, sign);
+    apply_span<kPerLane>(dy + t, x + t, sign, dx + t, dr ? dr + t : nullptr, len, scale + k, shift + k, k1 + k,
+                         k2 + k, k3 + k, activation, slope);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
@@ -502,7 +566,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
         const int64_t o = s * span;
         const int64_t c = l.channels_last ? 0 : s % C;
         const auto run = [&](auto per_lane) {
-          apply_span<decltype(per_lane)::value>(dy + o, x + o, m ? m + o : nullptr, dx + o, dr ? dr + o : nullptr,
+          apply_span_with_mask<decltype(per_lane)::value>(dy + o, x + o, m ? m + o : nullptr, dx + o, dr ? dr + o : nullptr,
                                                 span, scale.data() + c, shift.data() + c, k1.data() + c,
                                                 k2.data() + c, k3.data() + c, activation, slope);
         };
