@@ -1,6 +1,7 @@
 """BatchNorm + activation (+ residual add), functional form."""
 
 import torch
+import torch.distributed as dist
 
 from cnnkit import _ops
 from cnnkit.reference import batch_norm as reference
@@ -16,7 +17,7 @@ def _same_place(name, tensor, input):
         )
 
 
-def _check(input, running_mean, running_var, weight, bias, residual, training):
+def _check(input, running_mean, running_var, weight, bias, residual, training, synchronised=False):
     if input.dim() < 2:
         raise ValueError(f"batch_norm_act: expected input of 2 or more dimensions (N, C, ...), got {input.dim()}D")
     if not input.is_floating_point():
@@ -41,8 +42,9 @@ def _check(input, running_mean, running_var, weight, bias, residual, training):
             )
         if residual.dtype != input.dtype:
             raise TypeError(f"batch_norm_act: residual has dtype {residual.dtype} but input has {input.dtype}")
-    if training:
+    if training and not synchronised:
         # torch.nn.functional.batch_norm's check: a variance needs two values per channel.
+        # (Synchronised, the count over all ranks is checked instead, as SyncBatchNorm does.)
         values_per_channel = input.numel() // channels if channels else 0
         if values_per_channel == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
@@ -64,7 +66,8 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
 
 
 def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False,
-                   momentum=0.1, eps=1e-5, activation="relu", negative_slope=0.01, residual=None):
+                   momentum=0.1, eps=1e-5, activation="relu", negative_slope=0.01, residual=None,
+                   *, process_group=None):
     """act(batch_norm(input) [+ residual]), act in {None/"identity", "relu", "leaky_relu"}.
 
     The leading arguments are torch.nn.functional.batch_norm's, with the same meaning:
@@ -79,9 +82,20 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     only when a residual is given, a one-byte-per-element mask of ``pre-activation > 0``;
     without a residual the activation mask is recomputed from the input. It never keeps
     the normalised or the activated tensor. Other devices run cnnkit.reference.
+
+    ``process_group`` (training only; torch.distributed's default group when it is
+    ``dist.group.WORLD``): the batch statistics and the backward's reductions are all-reduced
+    over the group's ranks, as torch.nn.SyncBatchNorm does (ranks may hold different batch
+    sizes, even none); grad_weight and grad_bias stay per rank, for DDP to average.
     """
     code = reference.activation_code(activation)
-    _check(input, running_mean, running_var, weight, bias, residual, training)
+    synchronised = training and process_group is not None and dist.get_world_size(process_group) > 1
+    _check(input, running_mean, running_var, weight, bias, residual, training, synchronised)
+    if synchronised:
+        if not _ops.has_kernel("batch_norm_act", input.device.type):
+            raise NotImplementedError(f"batch_norm_act: no kernel for synchronised batch norm on {input.device.type}")
+        return _SyncBatchNormAct.apply(input, weight, bias, residual, running_mean, running_var, momentum,
+                                       eps, code, float(negative_slope), process_group)
     if not _ops.has_kernel("batch_norm_act", input.device.type):
         return reference.batch_norm_act(input, running_mean, running_var, weight, bias, training,
                                          momentum, eps, activation, negative_slope, residual)
@@ -100,3 +114,56 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
         input, weight, bias, residual, mean, invstd, training, code, float(negative_slope)
     )
     return output
+
+
+def _all_gather_stats(input, process_group):
+    """(mean, biased var, count) over the whole group: each rank's (mean, var, count) merged
+    with the parallel-variance formula, so ranks may hold different batch sizes."""
+    mean, var = torch.ops.cnnkit.batch_norm_stats(input)
+    count = torch.full((1,), input.numel() // input.size(1), dtype=mean.dtype, device=mean.device)
+    local = torch.cat([mean, var, count])
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(gathered, local, group=process_group)
+    stacked = torch.stack(gathered)
+    channels = mean.numel()
+    means, vars_, counts = stacked[:, :channels], stacked[:, channels:-1], stacked[:, -1:]
+    total = counts.sum()
+    if total.item() == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    global_mean = (means * counts).sum(0) / total
+    global_var = ((vars_ + (means - global_mean) ** 2) * counts).sum(0) / total
+    return global_mean, global_var, int(total.item())
+
+
+class _SyncBatchNormAct(torch.autograd.Function):
+    """batch_norm_act in training with statistics and backward sums all-reduced over a group."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, residual, running_mean, running_var, momentum, eps, code,
+                negative_slope, process_group):
+        mean, var, total = _all_gather_stats(input, process_group)
+        update_running_stats(running_mean, running_var, mean, var, total, momentum)
+        invstd = torch.rsqrt(var + eps)
+        output, mask = torch.ops.cnnkit.batch_norm_act(input, weight, bias, residual, mean, invstd, True, code,
+                                                       negative_slope)
+        ctx.save_for_backward(input, weight, bias, mask, mean, invstd)
+        ctx.args = (code, negative_slope, process_group, total, residual is not None)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, bias, mask, mean, invstd = ctx.saved_tensors
+        code, negative_slope, process_group, total, has_residual = ctx.args
+        sum_g, sum_gx = torch.ops.cnnkit.batch_norm_act_backward_reduce(
+            grad_output, input, weight, bias, mask, mean, invstd, code, negative_slope)
+        # Per-rank parameter gradients, as torch.nn.SyncBatchNorm returns them.
+        grad_weight = (sum_gx * invstd).to(weight.dtype) if weight is not None else None
+        grad_bias = sum_g.to(bias.dtype) if bias is not None else None
+        sums = torch.cat([sum_g, sum_gx])
+        dist.all_reduce(sums, group=process_group)
+        mean_g, mean_gx = (sums / total).chunk(2)
+        grad_input, grad_residual = torch.ops.cnnkit.batch_norm_act_backward_apply(
+            grad_output, input, weight, bias, mask, mean, invstd, mean_g.contiguous(), mean_gx.contiguous(),
+            code, negative_slope, has_residual and ctx.needs_input_grad[3])
+        return (grad_input, grad_weight, grad_bias, grad_residual if has_residual and ctx.needs_input_grad[3] else None,
+                None, None, None, None, None, None, None)

@@ -35,12 +35,15 @@ class _BatchNormAct2d(_BatchNorm):
         running_var = self.running_var if keep_running else None
         return batch_stats, running_mean, running_var, factor
 
+    process_group = None  # the SyncBatchNorm variants (cnnkit/nn/sync_batchnorm.py) set it
+
     def forward(self, input, residual=None):
         self._check_input_dim(input)
         batch_stats, running_mean, running_var, factor = self._batch_norm_arguments()
         return batch_norm_act(
             input, running_mean, running_var, self.weight, self.bias, batch_stats, factor,
             self.eps, self.activation, self.negative_slope, residual,
+            process_group=self.process_group if self.training else None,
         )
 
     def _init_batch_norm(self, num_features, eps, momentum, affine, track_running_stats,
