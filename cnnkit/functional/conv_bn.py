@@ -59,27 +59,41 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _onednn_applies(input, weight, bias, residual, padding, activation):
-    """True if torch.ops.mkldnn._convolution_pointwise can compute this call.
+def _conv_output_shape(input, weight, stride, padding, dilation):
+    sizes = [input.size(0), weight.size(0)]
+    for i in range(2):
+        span = dilation[i] * (weight.size(2 + i) - 1) + 1
+        sizes.append((input.size(2 + i) + 2 * padding[i] - span) // stride[i] + 1)
+    return torch.Size(sizes)
 
-    It has no autograd formula, takes integer padding only, and for contiguous (NCHW)
-    input it reorders the weight to a blocked layout on every call, which measured
-    slower than the plain convolution followed by an in-place activation (see
-    benchmarks/bench_conv_bn.py); for channels_last input it is one pass.
-    """
+
+def _fusable(input, weight, bias, residual, stride, padding, dilation):
+    """Conditions every fused vendor entry point shares: none has an autograd formula,
+    takes string padding or broadcasts the residual, and all want one dtype throughout."""
     if torch.compiler.is_compiling():
-        return False  # inductor fuses the plain ops itself
+        return False  # the compiler fuses the plain ops itself
+    if input.dim() != 4 or weight.dim() != 4 or input.numel() == 0 or isinstance(padding, str):
+        return False
+    if any(t is not None and t.dtype != input.dtype for t in (weight, bias, residual)):
+        return False
+    if _needs_grad(input, weight, bias, residual):
+        return False
+    return residual is None or residual.shape == _conv_output_shape(
+        input, weight, _pair(stride), _pair(padding), _pair(dilation))
+
+
+def _onednn_applies(input, residual, activation):
+    """True if torch.ops.mkldnn._convolution_pointwise can compute this call in one pass.
+
+    For contiguous (NCHW) input it reorders the weight to a blocked layout on every call,
+    which measured no faster than the plain convolution followed by an in-place
+    activation (benchmarks/bench_conv_bn.py); for channels_last input it is one pass.
+    """
+    if input.device.type != "cpu" or input.dtype not in _ONEDNN_DTYPES:
+        return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
-    if input.device.type != "cpu" or input.dim() != 4 or input.numel() == 0:
-        return False
-    if input.dtype not in _ONEDNN_DTYPES or weight.dtype != input.dtype:
-        return False
     if input.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False
-    if bias is not None and bias.dtype != input.dtype:
-        return False
-    if isinstance(padding, str) or _needs_grad(input, weight, bias, residual):
         return False
     if not input.is_contiguous(memory_format=torch.channels_last):
         return False
@@ -87,9 +101,15 @@ def _onednn_applies(input, weight, bias, residual, padding, activation):
         # torch's binary entry point takes no leaky_relu after the add ("undefined"), and
         # for some bfloat16 shapes falls back to at::add_relu, which has no bfloat16 kernel.
         return (activation in _ONEDNN_RESIDUAL_ACTIVATIONS and input.dtype == torch.float32
-                and residual.dtype == input.dtype
                 and residual.is_contiguous(memory_format=torch.channels_last))
     return True
+
+
+def _cudnn_applies(input, residual, activation):
+    """True if cuDNN's fused convolution + bias (+ add) + ReLU applies."""
+    return (input.device.type == "cuda" and activation == "relu"
+            and input.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled)
 
 
 def _onednn_unary(activation, negative_slope):
@@ -102,20 +122,29 @@ def conv2d_bias_act(input, weight, bias=None, stride=1, padding=0, dilation=1, g
                     activation="relu", negative_slope=0.01, residual=None):
     """act(conv2d(input, weight, bias, stride, padding, dilation, groups) [+ residual]).
 
-    On CPU, for float32/bfloat16 channels_last input without autograd, this is one oneDNN
-    convolution with the bias, the residual add and the activation as post-ops. Otherwise
-    it is torch's convolution followed by the add and the activation in place on its
-    fresh output (autograd-safe: the convolution's backward does not need its output).
+    Without autograd, this is one vendor call with the bias, the residual add and the
+    activation fused into the convolution: oneDNN's post-ops on CPU (float32/bfloat16,
+    channels_last input), cuDNN's conv-bias-(add-)ReLU on CUDA. Otherwise it is torch's
+    convolution followed by the add and the activation in place on its fresh output
+    (autograd-safe: the convolution's backward does not need its output).
     """
     check_activation(activation, negative_slope)
-    if _onednn_applies(input, weight, bias, residual, padding, activation):
-        args = (list(_pair(padding)), list(_pair(stride)), list(_pair(dilation)), groups)
-        unary, scalars = _onednn_unary(activation, negative_slope)
-        if residual is None:
-            return torch.ops.mkldnn._convolution_pointwise(input, weight, bias, *args, unary, scalars, "")
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            input, residual, weight, bias, *args, "add", None, None if unary == "none" else unary, [], None
-        )
+    if _fusable(input, weight, bias, residual, stride, padding, dilation):
+        args = (list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
+        if _onednn_applies(input, residual, activation):
+            onednn_args = (args[1], args[0], args[2], groups)  # oneDNN's order: padding first
+            unary, scalars = _onednn_unary(activation, negative_slope)
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(input, weight, bias, *onednn_args, unary,
+                                                               scalars, "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                input, residual, weight, bias, *onednn_args, "add", None,
+                None if unary == "none" else unary, [], None,
+            )
+        if _cudnn_applies(input, residual, activation):
+            if residual is None:
+                return torch.cudnn_convolution_relu(input, weight, bias, *args)
+            return torch.cudnn_convolution_add_relu(input, weight, residual, 1.0, bias, *args)
     out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     if residual is not None:
         out = out.add_(residual) if out.shape == residual.shape else out + residual

@@ -110,7 +110,7 @@ class ConvBNReLU2d(nn.Module):
 
     def forward(self, input, residual=None):
         bn = self.bn
-        if self.training or bn.running_mean is None or bn.running_var is None:
+        if self.training or bn.training or bn.running_mean is None or bn.running_var is None:
             # nn.BatchNorm2d uses batch statistics here (also in eval without running stats).
             return bn(self.conv(input), residual=residual)
         if input.dim() != 4:  # nn.BatchNorm2d's check: conv2d alone would take unbatched input
