@@ -54,6 +54,7 @@ def train_parser():
     add("--ten-crop", action="store_true", default=None, help="AlexNet's 10-crop evaluation")
     add("--seed", type=int)
     add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     add("--output", help="directory for logs, metrics, plot and checkpoints (runs/MODEL)")
     add("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
         help="continue from the output directory's newest checkpoint, or from CHECKPOINT")

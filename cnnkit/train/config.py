@@ -37,6 +37,7 @@ class TrainConfig:
     ten_crop: bool = False
     seed: int = 0
     device: str = None  # cuda when available, else cpu
+    threads: int = None  # torch.set_num_threads; None keeps torch's default
     output: str = None  # default runs/<model>
     resume: object = False  # True: the output directory's newest checkpoint; or a path
     progress: bool = True
@@ -69,7 +70,7 @@ class TrainConfig:
         positive("batch_size", self.batch_size)
         positive("eval_batch_size", self.eval_batch_size)
         positive("keep_checkpoints", self.keep_checkpoints)
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "threads"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
         if self.optimizer not in OPTIMIZERS:

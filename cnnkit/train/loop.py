@@ -123,6 +123,8 @@ class Trainer:
                               f"{self.process.world_size} processes")
         if config.amp and config.amp_dtype == "float16" and device.type == "cpu":
             raise ConfigError("amp_dtype: float16 autocast needs CUDA; use bfloat16 on CPU")
+        if config.threads:
+            torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self.train_set = load_dataset(config.dataset, config.data_dir, True).subset(
             config.limit_train)

@@ -1,0 +1,127 @@
+"""Checkpoints: checksum, atomic replacement under a crash, fallback to the last good one."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from cnnkit.train import checkpoint as ckpt
+
+
+def _state(value=1.0):
+    model = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(model.weight, value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [2, 4])
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": 3,
+            "tag": value}
+
+
+def test_round_trip(tmp_path):
+    state = _state()
+    path = ckpt.save_checkpoint(state, tmp_path / "a.pt")
+    loaded = ckpt.load_checkpoint(path)
+    assert torch.equal(loaded["model"]["weight"], state["model"]["weight"])
+    assert loaded["scheduler"]["milestones"] == state["scheduler"]["milestones"]
+    assert loaded["epoch"] == 3
+    assert os.listdir(tmp_path) == ["a.pt"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[:-10], "truncated"),
+    (lambda data: data[:-100] + bytes([data[-100] ^ 1]) + data[-99:], "checksum mismatch"),
+    (lambda data: b"PK" + data[2:], "not a cnnkit checkpoint"),
+    (lambda data: b"", "not a cnnkit checkpoint"),
+])
+def test_damage_is_detected(tmp_path, damage, message):
+    path = ckpt.save_checkpoint(_state(), tmp_path / "a.pt")
+    with open(path, "rb") as file:
+        data = file.read()
+    with open(path, "wb") as file:
+        file.write(damage(data))
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        ckpt.load_checkpoint(path)
+
+
+def test_missing(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint found"):
+        ckpt.load_latest_checkpoint(tmp_path)
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    for epoch in range(1, 5):
+        ckpt.save_rotating(_state(epoch), tmp_path, epoch, keep=2)
+    names = sorted(os.listdir(tmp_path))
+    assert names == [ckpt.checkpoint_name(3), ckpt.checkpoint_name(4)]
+    assert ckpt.checkpoint_name(2, 10) > ckpt.checkpoint_name(2, 9) > ckpt.checkpoint_name(1, 99)
+
+
+def test_corrupt_latest_falls_back_to_previous(tmp_path):
+    ckpt.save_rotating(_state(1.0), tmp_path, 1)
+    newest = ckpt.save_rotating(_state(2.0), tmp_path, 2)
+    with open(newest, "r+b") as file:
+        file.seek(-5, os.SEEK_END)
+        file.write(b"\x00\x01\x02\x03\x04")
+    skipped = []
+    path, state = ckpt.load_latest_checkpoint(tmp_path, on_skip=skipped.append)
+    assert path.endswith(ckpt.checkpoint_name(1))
+    assert state["tag"] == 1.0
+    assert len(skipped) == 1 and "checksum mismatch" in str(skipped[0])
+
+
+def test_crash_during_write_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "a.pt"
+    ckpt.save_checkpoint(_state(1.0), path)
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)  # dies after writing, before the rename
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(_state(2.0), path)
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["tag"] == 1.0
+    assert os.listdir(tmp_path) == ["a.pt"]
+
+
+KILL_LOOP = textwrap.dedent("""
+    import sys, torch
+    from cnnkit.train.checkpoint import save_rotating
+    directory = sys.argv[1]
+    payload = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))  # 8 MB: each save takes a while, kills land mid-write
+    for epoch in range(1, 10_000):
+        save_rotating({"epoch": epoch, "payload": payload + epoch}, directory, epoch)
+        print(epoch, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_instant_leaves_an_intact_checkpoint(tmp_path):
+    # A real crash: kill -9 a process saving checkpoints in a loop, at several moments.
+    payload = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
+    for attempt, delay in enumerate((0.3, 0.55, 0.8)):
+        directory = tmp_path / str(attempt)
+        directory.mkdir()
+        process = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(directory)],
+                                   stdout=subprocess.PIPE, text=True)
+        first = process.stdout.readline()  # one checkpoint is complete
+        assert first.strip() == "1"
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        path, state = ckpt.load_latest_checkpoint(directory)
+        assert os.path.basename(path) == ckpt.checkpoint_name(state["epoch"])
+        assert torch.equal(state["payload"], payload + state["epoch"])
+        # What a kill can leave besides checkpoints is a temporary, never a partial final file.
+        assert all(ckpt.CHECKPOINT_RE.search(name) or ".pt.tmp-" in name
+                   for name in os.listdir(directory))
