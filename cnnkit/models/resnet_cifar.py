@@ -6,11 +6,10 @@ paper's option A: identity, with stride-2 subsampling and zero-padded channels w
 the shape changes, so they add no parameters (ResNet-20: 269,722 parameters).
 """
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.nn.blocks import BasicBlock, default_norm_layer, is_fused_norm
+from cnnkit.nn.blocks import BasicBlock, FoldedConvBNCache, conv_bn_relu, default_norm_layer
 
 from ._checks import check_image_batch
 
@@ -43,7 +42,7 @@ class CifarResNet(nn.Module):
         self.in_channels = in_channels
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = norm_layer(16)
-        self._stem_norm_applies_relu = is_fused_norm(self.bn1)
+        self._fold_cache = FoldedConvBNCache()  # the stem's conv1 + bn1 in inference
         self.inplanes = 16
         stages = []
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
@@ -69,9 +68,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x):
         check_image_batch(x, f"resnet{self.depth}", self.in_channels)
-        x = self.bn1(self.conv1(x))
-        if not self._stem_norm_applies_relu:
-            x = torch.relu(x)
+        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache)
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 

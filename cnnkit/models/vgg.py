@@ -7,6 +7,7 @@ slot holds an nn.Identity: the fused norm has already applied it.
 """
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from cnnkit.nn.blocks import default_norm_layer, is_fused_norm
 
@@ -64,7 +65,7 @@ class VGG(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                     if m.bias is not None:
                         nn.init.constant_(m.bias, 0)
-                elif isinstance(m, nn.BatchNorm2d):
+                elif isinstance(m, _BatchNorm):
                     nn.init.constant_(m.weight, 1)
                     nn.init.constant_(m.bias, 0)
                 elif isinstance(m, nn.Linear):

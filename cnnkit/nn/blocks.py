@@ -11,9 +11,15 @@ block runs eager torch.nn: BN, then ReLU / add + ReLU as separate ops. That is t
 reference the tests hold the fused blocks to.
 
 ``memory_efficient=True`` (training only) keeps, for each conv -> BN -> ReLU -> conv
-link, only the conv's input and recomputes BN + ReLU in backward, the way
-memory-efficient DenseNet implementations do: the BN-ReLU output of every link inside
-the block is never stored. It costs one BN-ReLU forward per link in backward.
+link inside the block, only the first conv's output and recomputes BN + ReLU in
+backward, the way memory-efficient DenseNet implementations do: of the two
+activation-sized tensors eager keeps per link (the BN input and the ReLU output),
+one is never stored. It costs one BN-ReLU pass per link in backward.
+
+In eval mode with running statistics, a fused block folds each BatchNorm into the
+convolution before it (cached, invalidated when a weight or statistic changes) and runs
+the residual add and ReLU as that convolution's epilogue: one pass per conv instead of
+three or four.
 """
 
 import torch
@@ -64,7 +70,8 @@ def shortcut_norm_layer(fused):
 
 
 class _ResidualBlock(nn.Module):
-    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager."""
+    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager, and the
+    inference path with each BN folded into the convolution before it."""
 
     def _bn_relu(self, bn, input):
         if self._fused:
@@ -77,14 +84,29 @@ class _ResidualBlock(nn.Module):
         return torch.relu(bn(input) + identity)
 
     def _bn_relu_conv(self, bn, conv, input):
-        """conv(relu(bn(input))); in memory_efficient training mode only `input` is kept
-        for backward and relu(bn(input)) is recomputed there."""
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
-            return _memory_efficient_bn_relu_conv(bn, conv, input, self._fused)
+        """conv(relu(bn(input))); in memory_efficient training only `input` is kept for
+        backward and relu(bn(input)) is recomputed there."""
+        if self.memory_efficient and bn.training and torch.is_grad_enabled():
+            return memory_efficient_bn_relu_conv(bn, conv, input)
         return conv(self._bn_relu(bn, input))
 
     def _shortcut(self, input):
         return input if self.downsample is None else self.downsample(input)
+
+    def _folds_bn(self):
+        """Inference with running statistics: every conv -> BN pair is one convolution
+        (weights folded once and cached), with the add and ReLU as its epilogue."""
+        return self._fused and not self.training and all(
+            bn.running_mean is not None and not bn.training for bn in self._norms()
+        )
+
+    def _folded_shortcut(self, input):
+        if self.downsample is None:
+            return input
+        if _is_conv_bn(self.downsample):
+            conv, bn = self.downsample
+            return self._fold_cache.conv_bn_act(conv, bn, input, activation=None)
+        return self.downsample(input)
 
 
 class BasicBlock(_ResidualBlock):
@@ -120,8 +142,16 @@ class BasicBlock(_ResidualBlock):
         self.stride = stride
         self.memory_efficient = memory_efficient
         self._fused = is_fused_norm(self.bn2)
+        self._fold_cache = FoldedConvBNCache()
+
+    def _norms(self):
+        return (self.bn1, self.bn2)
 
     def forward(self, x):
+        if self._folds_bn():
+            identity = self._folded_shortcut(x)
+            out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
+            return self._fold_cache.conv_bn_act(self.conv2, self.bn2, out, residual=identity)
         identity = self._shortcut(x)
         out = self._bn_relu_conv(self.bn1, self.conv2, self.conv1(x))
         return self._bn_add_relu(self.bn2, out, identity)
@@ -168,43 +198,117 @@ class Bottleneck(_ResidualBlock):
         self.stride_in_1x1 = stride_in_1x1
         self.memory_efficient = memory_efficient
         self._fused = is_fused_norm(self.bn3)
+        self._fold_cache = FoldedConvBNCache()
+
+    def _norms(self):
+        return (self.bn1, self.bn2, self.bn3)
 
     def forward(self, x):
+        if self._folds_bn():
+            identity = self._folded_shortcut(x)
+            out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
+            out = self._fold_cache.conv_bn_act(self.conv2, self.bn2, out)
+            return self._fold_cache.conv_bn_act(self.conv3, self.bn3, out, residual=identity)
         identity = self._shortcut(x)
         out = self._bn_relu_conv(self.bn1, self.conv2, self.conv1(x))
         out = self._bn_relu_conv(self.bn2, self.conv3, out)
         return self._bn_add_relu(self.bn3, out, identity)
 
 
-def _memory_efficient_bn_relu_conv(bn, conv, input, fused):
-    """conv(relu(bn(input))), storing only `input` for backward."""
-    from torch.utils.checkpoint import checkpoint
-
-    def bn_relu_conv(x):
-        out = bn(x) if fused else torch.relu(bn(x))
-        return conv(out)
-
-    # Recomputing in backward must not update the running statistics a second time:
-    # checkpoint's recomputation runs the forward again, so freeze the momentum update
-    # there by restoring the buffers (see _preserve_running_stats).
-    return checkpoint(_preserve_running_stats(bn, bn_relu_conv), input, use_reentrant=False)
+def _is_conv_bn(module):
+    return (
+        isinstance(module, nn.Sequential)
+        and len(module) == 2
+        and isinstance(module[0], nn.Conv2d)
+        and isinstance(module[1], (nn.BatchNorm2d, *fused_norm_layers()))
+        and module[1].running_mean is not None
+        and not module[1].training
+    )
 
 
-def _preserve_running_stats(bn, function):
-    """Wrap `function` so that its second and later calls (checkpoint's recomputation)
-    leave bn's running statistics as the first call left them."""
-    calls = []
+def conv_bn_relu(conv, bn, input, fold_cache):
+    """relu(bn(conv(input))) for a network's stem: eager torch.nn when bn is a torch.nn
+    BatchNorm2d, the fused BN-ReLU in training, one folded convolution in inference."""
+    if not is_fused_norm(bn):
+        return torch.relu(bn(conv(input)))
+    if bn.training or bn.running_mean is None:
+        return bn(conv(input))
+    return fold_cache.conv_bn_act(conv, bn, input)
 
-    def wrapped(x):
-        if not calls or not bn.track_running_stats or bn.running_mean is None:
-            calls.append(1)
-            return function(x)
-        saved = [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
-        out = function(x)
-        with torch.no_grad():
-            bn.running_mean.copy_(saved[0])
-            bn.running_var.copy_(saved[1])
-            bn.num_batches_tracked.copy_(saved[2])
-        return out
 
-    return wrapped
+def batch_norm_momentum(bn):
+    """The exponential-average factor nn.BatchNorm2d.forward uses for this call, counting
+    the batch in num_batches_tracked as it does."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return factor
+
+
+def memory_efficient_bn_relu_conv(bn, conv, input):
+    """conv(relu(bn(input))) in training, keeping only `input` for backward (the BN-ReLU
+    output is recomputed there): one activation tensor per link instead of two."""
+    from cnnkit.functional.conv_bn import bn_act_conv2d
+
+    use_running = not bn.training or bn.track_running_stats
+    return bn_act_conv2d(
+        input,
+        bn.running_mean if use_running else None,
+        bn.running_var if use_running else None,
+        bn.weight,
+        bn.bias,
+        conv.weight,
+        conv.bias,
+        training=bn.training or bn.running_mean is None,
+        momentum=batch_norm_momentum(bn),
+        eps=bn.eps,
+        activation="relu",
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+    )
+
+
+class FoldedConvBNCache:
+    """Eval-mode conv -> BN [-> add] [-> ReLU] as one convolution with folded weights.
+
+    The folded weights are cached per conv and recomputed when any source tensor changes
+    (a tensor's _version counts its in-place updates: optimizer steps, load_state_dict)
+    or moves to another device or dtype. The cache is skipped where autograd must see the
+    fold (grad enabled with parameters that require grad) and under torch.compile, which
+    folds constants itself.
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def __deepcopy__(self, memo):
+        return FoldedConvBNCache()  # a copy's parameters are new tensors: start empty
+
+    def folded(self, conv, bn):
+        from cnnkit.functional.conv_bn import fold_bn_into_conv
+
+        sources = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        fold = lambda: fold_bn_into_conv(*sources, bn.eps)  # noqa: E731
+        if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
+        ):
+            return fold()
+        key = tuple((id(t), t._version, t.device, t.dtype) if t is not None else None for t in sources)
+        entry = self._entries.get(id(conv))
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = (key, fold())
+            self._entries[id(conv)] = entry
+        return entry[1]
+
+    def conv_bn_act(self, conv, bn, input, activation="relu", residual=None):
+        from cnnkit.functional.conv_bn import conv2d_bias_act
+
+        weight, bias = self.folded(conv, bn)
+        return conv2d_bias_act(
+            input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+            activation=activation, residual=residual,
+        )
