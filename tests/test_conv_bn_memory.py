@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnnkit import reference
-from cnnkit.functional import bn_act_conv2d
+from cnnkit.functional import bn_act_conv2d, conv_bn
 from cnnkit.nn import bn_act_conv
 
 ACTIVATIONS = ["relu", "leaky_relu", None]
@@ -23,10 +23,20 @@ def bn_conv_args(channels=6, out_channels=8, groups=2, dtype=torch.float64, bias
     )
 
 
+@pytest.fixture(params=["kernels", "torch_ops"])
+def bn_backend(request, monkeypatch):
+    """Runs a test on cnnkit's BN-act kernels and on the torch-op fallback."""
+    if request.param == "torch_ops":
+        monkeypatch.setattr(conv_bn, "_use_kernels", lambda *args: False)
+    elif not conv_bn._use_kernels(torch.zeros(1, 1, 1, 1), None, None):
+        pytest.skip("cnnkit._C has no batch_norm_act kernel")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("training", [True, False])
-def test_gradcheck_float64(training, activation, layout):
+def test_gradcheck_float64(training, activation, layout, bn_backend):
     rm, rv, g, b, w, cb = bn_conv_args(channels=4, out_channels=4)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     if layout == "channels_last":
@@ -45,7 +55,7 @@ def test_gradcheck_float64(training, activation, layout):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
-def test_matches_eager_with_running_stats(affine, training, layout, dtype):
+def test_matches_eager_with_running_stats(affine, training, layout, dtype, bn_backend):
     rm, rv, g, b, w, cb = bn_conv_args(dtype=torch.float32, bias=False)
     if not affine:
         g = b = None

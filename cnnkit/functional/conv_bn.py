@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
+from cnnkit import _ops
+from cnnkit.functional.batch_norm import update_running_stats
+from cnnkit.reference.batch_norm import activation_code
+
 ACTIVATIONS = (None, "identity", "relu", "leaky_relu")
 
 # oneDNN's fused conv + bias + activation (one pass over the output) handles these dtypes.
@@ -177,9 +181,28 @@ def _check_bn_act_conv_input(input, running_mean, running_var, conv_weight, grou
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
 
 
-def _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope):
+def _use_kernels(input, bn_weight, bn_bias):
+    """cnnkit's BN-act kernels apply: compiled for this device, one dtype throughout."""
+    return _ops.has_kernel("batch_norm_act", input.device.type) and all(
+        t is None or t.dtype == input.dtype for t in (bn_weight, bn_bias))
+
+
+def _batch_stats(input, running_mean, running_var, momentum, kernels):
+    """The batch mean and biased variance; updates the running statistics in place exactly
+    as batch_norm does (unbiased running variance)."""
+    if kernels:
+        mean, var = torch.ops.cnnkit.batch_norm_stats(input)
+        update_running_stats(running_mean, running_var, mean, var, input.numel() // input.size(1), momentum)
+        return mean, var
+    return torch.batch_norm_update_stats(input, running_mean, running_var, momentum)
+
+
+def _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels):
     """act(BN(input)) from per-channel mean and 1/std: the same ops in forward and in the
     backward recomputation, so the recomputed activation mask equals the forward one."""
+    if kernels:
+        return torch.ops.cnnkit.batch_norm_act(input, bn_weight, bn_bias, None, mean, invstd, False,
+                                               activation_code(activation), negative_slope)[0]
     scale = invstd if bn_weight is None else invstd * bn_weight.to(invstd.dtype)
     shift = -mean * scale if bn_bias is None else bn_bias.to(invstd.dtype) - mean * scale
     view = (1, -1, 1, 1)
@@ -189,24 +212,26 @@ def _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope)
 
 class _BNActConv2d(torch.autograd.Function):
     """conv2d(act(BN(x))) saving x, the conv weight, the BN affine parameters and two
-    per-channel vectors; act(BN(x)) is recomputed in backward."""
+    per-channel vectors; act(BN(x)) is recomputed in backward.
+
+    BN-act runs on cnnkit's fused kernels where they apply (one pass for the statistics,
+    one for normalise + act, and the two-pass backward op), otherwise on torch ops."""
 
     @staticmethod
     def forward(ctx, input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias,
                 training, momentum, eps, activation, negative_slope, stride, padding, dilation, groups):
+        kernels = _use_kernels(input, bn_weight, bn_bias)
         stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         if training:
-            # Updates running_mean / running_var in place exactly as batch_norm does
-            # (unbiased running variance), and returns the batch mean and biased variance.
-            mean, var = torch.batch_norm_update_stats(input, running_mean, running_var, momentum)
+            mean, var = _batch_stats(input, running_mean, running_var, momentum, kernels)
         else:
             mean, var = running_mean, running_var
-        mean = mean.to(stats_dtype)
+        mean = mean.to(stats_dtype).contiguous()
         invstd = torch.rsqrt(var.to(stats_dtype) + eps)
-        hidden = _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope)
+        hidden = _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels)
         out = torch.convolution(hidden, conv_weight, conv_bias, stride, padding, dilation, False, [0, 0], groups)
         ctx.save_for_backward(input, mean, invstd, bn_weight, bn_bias, conv_weight)
-        ctx.conf = (training, activation, negative_slope, stride, padding, dilation, groups)
+        ctx.conf = (training, activation, negative_slope, stride, padding, dilation, groups, kernels)
         ctx.has_conv_bias = conv_bias is not None
         return out
 
@@ -214,24 +239,31 @@ class _BNActConv2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         input, mean, invstd, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
-        training, activation, negative_slope, stride, padding, dilation, groups = ctx.conf
+        training, activation, negative_slope, stride, padding, dilation, groups, kernels = ctx.conf
         needs = ctx.needs_input_grad
         need_bn = needs[0] or needs[3] or needs[4]
-        hidden = _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope)
+        hidden = _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels)
         grad_hidden, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
             grad_out, hidden, conv_weight,
             [conv_weight.size(0)] if ctx.has_conv_bias else None,
             stride, padding, dilation, False, [0, 0], groups, [need_bn, needs[5], needs[6]],
         )
         grad_input = grad_bn_weight = grad_bn_bias = None
-        if need_bn:
+        if need_bn and kernels:
+            del hidden  # the backward op recomputes the activation mask from input
+            no_mask = input.new_empty((0,), dtype=torch.bool)
+            grad_input, grad_bn_weight, grad_bn_bias, _ = torch.ops.cnnkit.batch_norm_act_backward(
+                grad_hidden, input, bn_weight, bn_bias, no_mask, mean, invstd, training,
+                activation_code(activation), negative_slope, False)
+        elif need_bn:
             grad_bn_out = _activation_backward(grad_hidden, hidden, activation, negative_slope)
             del hidden, grad_hidden
             grad_input, grad_bn_weight, grad_bn_bias = _bn_backward(
                 grad_bn_out, input, mean, invstd, bn_weight, training, [needs[0], needs[3], needs[4]]
             )
-        return (grad_input, None, None, grad_bn_weight, grad_bn_bias, grad_conv_weight, grad_conv_bias,
-                None, None, None, None, None, None, None, None, None)
+        return (grad_input if needs[0] else None, None, None,
+                grad_bn_weight if needs[3] else None, grad_bn_bias if needs[4] else None,
+                grad_conv_weight, grad_conv_bias, None, None, None, None, None, None, None, None, None)
 
 
 def _activation_backward(grad, result, activation, negative_slope):
