@@ -68,6 +68,16 @@ def _batch_norm_act_backward_apply_fake(grad_output, input, weight, bias, mask, 
     return _like_input(input), grad_residual
 
 
+def _differentiable_batch_stats(input, invstd):
+    """The batch mean and invstd recomputed from ``input`` with autograd history, for double
+    backward; eps is recovered from the saved invstd (invstd = (var + eps) ** -0.5)."""
+    dims = [0] + list(range(2, input.dim()))
+    x = input.to(invstd.dtype)
+    var = x.var(dims, unbiased=False)
+    eps = (invstd.pow(-2) - var).detach()
+    return x.mean(dims), torch.rsqrt(var + eps)
+
+
 def _setup_context(ctx, inputs, output):
     input, weight, bias, residual, mean, invstd, batch_stats, activation, negative_slope = inputs
     _, mask = output
@@ -82,6 +92,8 @@ def _backward(ctx, grad_output, _grad_mask):
     needs = ctx.needs_input_grad
     if torch.is_grad_enabled():
         # create_graph=True: the reference formula is differentiable, the kernel is not.
+        if batch_stats:
+            mean, invstd = _differentiable_batch_stats(input, invstd)
         grads = reference.batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd,
                                                   batch_stats, activation, negative_slope)
     else:

@@ -2,6 +2,7 @@
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from cnnkit import _ops
 from cnnkit.reference import batch_norm as reference
@@ -151,6 +152,7 @@ class _SyncBatchNormAct(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         input, weight, bias, mask, mean, invstd = ctx.saved_tensors
         code, negative_slope, process_group, total, has_residual = ctx.args

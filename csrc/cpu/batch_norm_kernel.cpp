@@ -44,30 +44,38 @@ int64_t batch_slices(int64_t batch, int64_t channels) {
   return std::max<int64_t>(1, std::min(batch, wanted));
 }
 
+// The statistics kernels work on x - pivot, pivot being one of the channel's own values:
+// means of blocks then sit near zero, where float keeps their differences exact enough
+// for the merge, even for data far from zero (mean 1000, std 0.01).
+
+// sum(x - pivot) over a row.
 template <typename scalar_t>
-opmath_t<scalar_t> row_sum(const scalar_t* x, int64_t n) {
+opmath_t<scalar_t> row_sum(const scalar_t* x, int64_t n, opmath_t<scalar_t> pivot) {
   using Vec = OpVec<scalar_t>;
+  const Vec vpivot(pivot);
   Vec acc(0);
   int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) acc += load_opmath(x + i);
+  for (; i + Vec::size() <= n; i += Vec::size()) acc += load_opmath(x + i) - vpivot;
   opmath_t<scalar_t> sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
-  for (; i < n; ++i) sum += static_cast<opmath_t<scalar_t>>(x[i]);
+  for (; i < n; ++i) sum += static_cast<opmath_t<scalar_t>>(x[i]) - pivot;
   return sum;
 }
 
+// sum((x - pivot - mean)^2) over a row, mean being that of x - pivot.
 template <typename scalar_t>
-opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<scalar_t> mean) {
+opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<scalar_t> pivot,
+                                         opmath_t<scalar_t> mean) {
   using Vec = OpVec<scalar_t>;
-  const Vec vmean(mean);
+  const Vec vpivot(pivot), vmean(mean);
   Vec acc(0);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec d = load_opmath(x + i) - vmean;
+    const Vec d = (load_opmath(x + i) - vpivot) - vmean;
     acc = at::vec::fmadd(d, d, acc);
   }
   opmath_t<scalar_t> sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
   for (; i < n; ++i) {
-    const opmath_t<scalar_t> d = static_cast<opmath_t<scalar_t>>(x[i]) - mean;
+    const opmath_t<scalar_t> d = (static_cast<opmath_t<scalar_t>>(x[i]) - pivot) - mean;
     sum += d * d;
   }
   return sum;
@@ -76,8 +84,8 @@ opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<
 // ---------------------------------------------------------------- statistics
 
 template <typename scalar_t>
-void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, opmath_t<scalar_t>* mean,
-                          opmath_t<scalar_t>* m2, int64_t* count) {
+void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, const opmath_t<scalar_t>* pivot,
+                          opmath_t<scalar_t>* mean, opmath_t<scalar_t>* m2, int64_t* count) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = l.channels, S = l.positions;
   const int64_t slices = batch_slices(l.batch, C);
@@ -90,9 +98,9 @@ void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, opmath_t<
       int64_t task_count = 0;
       for (int64_t n = l.batch * slice / slices; n < l.batch * (slice + 1) / slices; ++n) {
         const scalar_t* row = x + (n * C + c) * S;
-        const acc_t row_mean = row_sum(row, S) / static_cast<acc_t>(S);
+        const acc_t row_mean = row_sum(row, S, pivot[c]) / static_cast<acc_t>(S);
         bn::merge_moments(task_mean, task_m2, task_count, row_mean,
-                          row_squared_deviation(row, S, row_mean), S);
+                          row_squared_deviation(row, S, pivot[c], row_mean), S);
       }
       part_mean[task] = task_mean;
       part_m2[task] = task_m2;
@@ -108,8 +116,8 @@ void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, opmath_t<
 }
 
 template <typename scalar_t>
-void stats_channels_last(const scalar_t* x, const BatchNormLayout& l, opmath_t<scalar_t>* mean,
-                         opmath_t<scalar_t>* m2, int64_t* count) {
+void stats_channels_last(const scalar_t* x, const BatchNormLayout& l, const opmath_t<scalar_t>* pivot,
+                         opmath_t<scalar_t>* mean, opmath_t<scalar_t>* m2, int64_t* count) {
   using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
   const int64_t C = l.channels, P = l.batch * l.positions;
@@ -134,19 +142,19 @@ void stats_channels_last(const scalar_t* x, const BatchNormLayout& l, opmath_t<s
           const scalar_t* row = x + p * C;
           int64_t c = 0;
           for (; c + Vec::size() <= C; c += Vec::size())
-            (Vec::loadu(block_mean + c) + load_opmath(row + c)).store(block_mean + c);
-          for (; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]);
+            (Vec::loadu(block_mean + c) + (load_opmath(row + c) - Vec::loadu(pivot + c))).store(block_mean + c);
+          for (; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]) - pivot[c];
         }
         for (int64_t c = 0; c < C; ++c) block_mean[c] *= inv_rows;
         for (int64_t p = p0; p < p0 + rows; ++p) {
           const scalar_t* row = x + p * C;
           int64_t c = 0;
           for (; c + Vec::size() <= C; c += Vec::size()) {
-            const Vec d = load_opmath(row + c) - Vec::loadu(block_mean + c);
+            const Vec d = (load_opmath(row + c) - Vec::loadu(pivot + c)) - Vec::loadu(block_mean + c);
             at::vec::fmadd(d, d, Vec::loadu(block_m2 + c)).store(block_m2 + c);
           }
           for (; c < C; ++c) {
-            const acc_t d = static_cast<acc_t>(row[c]) - block_mean[c];
+            const acc_t d = (static_cast<acc_t>(row[c]) - pivot[c]) - block_mean[c];
             block_m2[c] += d * d;
           }
         }
@@ -186,16 +194,26 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_
   at::Tensor var = at::zeros({layout.channels}, options);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_stats", [&] {
     using acc_t = opmath_t<scalar_t>;
-    std::vector<int64_t> count(layout.channels, 0);
+    const int64_t C = layout.channels;
+    std::vector<int64_t> count(C, 0);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    // The first value of each channel (zero for an empty batch).
+    std::vector<acc_t> pivot(C, acc_t(0));
+    if (input.numel() > 0) {
+      for (int64_t c = 0; c < C; ++c)
+        pivot[c] = static_cast<acc_t>(x[layout.channels_last ? c : c * layout.positions]);
+    }
     acc_t* mean_data = mean.data_ptr<acc_t>();
     acc_t* m2_data = var.data_ptr<acc_t>();
     if (layout.channels_last) {
-      stats_channels_last(input.const_data_ptr<scalar_t>(), layout, mean_data, m2_data, count.data());
+      stats_channels_last(x, layout, pivot.data(), mean_data, m2_data, count.data());
     } else {
-      stats_channels_first(input.const_data_ptr<scalar_t>(), layout, mean_data, m2_data, count.data());
+      stats_channels_first(x, layout, pivot.data(), mean_data, m2_data, count.data());
     }
-    for (int64_t c = 0; c < layout.channels; ++c)
+    for (int64_t c = 0; c < C; ++c) {
+      mean_data[c] = count[c] > 0 ? mean_data[c] + pivot[c] : acc_t(0);
       m2_data[c] = count[c] > 0 ? m2_data[c] / static_cast<acc_t>(count[c]) : acc_t(0);
+    }
   });
   return {mean, var};
 }
