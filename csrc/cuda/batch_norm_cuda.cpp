@@ -1,0 +1,163 @@
+// BatchNorm + activation (+ residual add), CUDA glue: tensors in, checks, stream, dtype,
+// then the plain-CUDA launchers of batch_norm_kernel.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cnnkit/batch_norm.h>
+#include <torch/library.h>
+
+#include "cuda/batch_norm_kernel.h"
+#include "ops/batch_norm.h"
+
+namespace cnnkit {
+namespace cuda {
+namespace {
+
+namespace bn = cnnkit::batch_norm;
+
+ScalarType launcher_type(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return ScalarType::kFloat;
+    case at::kDouble: return ScalarType::kDouble;
+    case at::kHalf: return ScalarType::kHalf;
+    case at::kBFloat16: return ScalarType::kBFloat16;
+    default: TORCH_CHECK_TYPE(false, "batch_norm_act: unsupported dtype ", type);
+  }
+}
+
+BatchNormShape launcher_shape(const at::Tensor& dense_input) {
+  const BatchNormLayout l = batch_norm_layout(dense_input);
+  return {l.batch, l.channels, l.positions, l.channels_last};
+}
+
+BatchNormChannels launcher_channels(const ChannelParams& p) {
+  return {p.mean.const_data_ptr(), p.invstd.const_data_ptr(), p.weight.const_data_ptr(), p.bias.const_data_ptr()};
+}
+
+at::Tensor workspace_for(const at::Tensor& input, const BatchNormShape& shape) {
+  return at::empty({batch_norm_workspace_elements(shape)}, input.options().dtype(batch_norm_stats_dtype(input)));
+}
+
+// The saved mask in the input's memory order, or an undefined tensor when backward
+// recomputes the activation mask.
+at::Tensor dense_mask(const at::Tensor& mask, const at::Tensor& input, int64_t activation) {
+  if (!has_saved_mask(mask) || activation == bn::kIdentity) return at::Tensor();
+  return batch_norm_dense_like(mask, input);
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input_arg) {
+  check_batch_norm_input(input_arg);
+  const c10::cuda::CUDAGuard guard(input_arg.device());
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const BatchNormShape shape = launcher_shape(input);
+  const auto options = input.options().dtype(batch_norm_stats_dtype(input));
+  at::Tensor mean = at::empty({shape.channels}, options);
+  at::Tensor var = at::empty({shape.channels}, options);
+  at::Tensor workspace = workspace_for(input, shape);
+  C10_CUDA_CHECK(batch_norm_stats(launcher_type(input.scalar_type()), input.const_data_ptr(), mean.mutable_data_ptr(),
+                                  var.mutable_data_ptr(), workspace.mutable_data_ptr(), shape,
+                                  c10::cuda::getCurrentCUDAStream()));
+  return {mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_cuda(
+    const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual_arg, const at::Tensor& mean, const at::Tensor& invstd,
+    bool batch_stats, int64_t activation, double negative_slope) {
+  check_batch_norm_act(input_arg, weight, bias, residual_arg, mean, invstd, activation);
+  const c10::cuda::CUDAGuard guard(input_arg.device());
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  const bool with_residual = residual_arg.has_value();
+  const at::Tensor residual = with_residual ? batch_norm_dense_like(*residual_arg, input) : at::Tensor();
+  const bool save_mask = with_residual && activation != bn::kIdentity;
+  at::Tensor output = at::empty_like(input);
+  at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
+                              : at::empty({0}, input.options().dtype(at::kBool));
+  C10_CUDA_CHECK(batch_norm_act_forward(
+      launcher_type(input.scalar_type()), input.const_data_ptr(), with_residual ? residual.const_data_ptr() : nullptr,
+      output.mutable_data_ptr(), save_mask ? mask.mutable_data_ptr<bool>() : nullptr, launcher_channels(params),
+      activation, negative_slope, launcher_shape(input), c10::cuda::getCurrentCUDAStream()));
+  return {output, mask};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
+    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& invstd, int64_t activation, double negative_slope) {
+  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
+  const c10::cuda::CUDAGuard guard(input_arg.device());
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const at::Tensor mask = dense_mask(mask_arg, input, activation);
+  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  const BatchNormShape shape = launcher_shape(input);
+  const auto options = input.options().dtype(batch_norm_stats_dtype(input));
+  at::Tensor sum_g = at::zeros({shape.channels}, options);
+  at::Tensor sum_gx = at::zeros({shape.channels}, options);
+  at::Tensor workspace = workspace_for(input, shape);
+  C10_CUDA_CHECK(batch_norm_act_backward_reduce(
+      launcher_type(input.scalar_type()), grad_output.const_data_ptr(), input.const_data_ptr(),
+      mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), activation, negative_slope,
+      sum_g.mutable_data_ptr(), sum_gx.mutable_data_ptr(), workspace.mutable_data_ptr(), shape,
+      c10::cuda::getCurrentCUDAStream()));
+  return {sum_g, sum_gx};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cuda(
+    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& invstd, const at::Tensor& mean_grad, const at::Tensor& mean_grad_centered, int64_t activation,
+    double negative_slope, bool residual_grad) {
+  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
+  const at::ScalarType stats = batch_norm_stats_dtype(input_arg);
+  TORCH_CHECK_VALUE(mean_grad.numel() == input_arg.size(1) && mean_grad_centered.numel() == input_arg.size(1) &&
+                        mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats &&
+                        mean_grad.device() == input_arg.device() && mean_grad_centered.device() == input_arg.device(),
+                    "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (", input_arg.size(1),
+                    ",) tensors of dtype ", stats, " on the input's device");
+  const c10::cuda::CUDAGuard guard(input_arg.device());
+  const at::Tensor input = batch_norm_dense(input_arg);
+  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const at::Tensor mask = dense_mask(mask_arg, input, activation);
+  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  const at::Tensor mg = mean_grad.contiguous(), mgx = mean_grad_centered.contiguous();
+  at::Tensor grad_input = at::empty_like(input);
+  at::Tensor grad_residual = residual_grad ? at::empty_like(input) : at::empty({0}, input.options());
+  C10_CUDA_CHECK(batch_norm_act_backward_apply(
+      launcher_type(input.scalar_type()), grad_output.const_data_ptr(), input.const_data_ptr(),
+      mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), mg.const_data_ptr(),
+      mgx.const_data_ptr(), activation, negative_slope, grad_input.mutable_data_ptr(),
+      residual_grad ? grad_residual.mutable_data_ptr() : nullptr, launcher_shape(input),
+      c10::cuda::getCurrentCUDAStream()));
+  return {grad_input, grad_residual};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean, const at::Tensor& invstd,
+    bool batch_stats, int64_t activation, double negative_slope, bool residual_grad) {
+  auto [sum_g, sum_gx] = batch_norm_act_backward_reduce_cuda(grad_output, input, weight, bias, mask, mean, invstd,
+                                                             activation, negative_slope);
+  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
+  const bool use_batch = batch_stats && count > 0;
+  const at::Tensor mean_g = use_batch ? sum_g / static_cast<double>(count) : at::zeros_like(sum_g);
+  const at::Tensor mean_gx = use_batch ? sum_gx / static_cast<double>(count) : at::zeros_like(sum_gx);
+  auto [grad_input, grad_residual] = batch_norm_act_backward_apply_cuda(
+      grad_output, input, weight, bias, mask, mean, invstd, mean_g, mean_gx, activation, negative_slope, residual_grad);
+  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : input.scalar_type();
+  return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace cnnkit
+
+TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
+  m.impl("batch_norm_stats", &cnnkit::cuda::batch_norm_stats_cuda);
+  m.impl("batch_norm_act", &cnnkit::cuda::batch_norm_act_cuda);
+  m.impl("batch_norm_act_backward", &cnnkit::cuda::batch_norm_act_backward_cuda);
+  m.impl("batch_norm_act_backward_reduce", &cnnkit::cuda::batch_norm_act_backward_reduce_cuda);
+  m.impl("batch_norm_act_backward_apply", &cnnkit::cuda::batch_norm_act_backward_apply_cuda);
+}

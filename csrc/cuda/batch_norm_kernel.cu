@@ -1,0 +1,370 @@
+// BatchNorm + activation (+ residual add) on CUDA.
+//
+// Reductions (batch statistics, backward sums) run in two kernels: blocks of 32 x 8 threads
+// each reduce one slice of the batch for their channels into a workspace, then one thread
+// per channel merges the slices. In channels-first order a block serves one channel and its
+// threads walk consecutive positions; in channels-last order its 32 columns are 32
+// consecutive channels and its 8 rows walk positions, so loads are coalesced either way.
+// The statistics use Welford's update per thread and Chan's merge between threads and
+// slices. The elementwise passes run one thread per element in memory order.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cnnkit/batch_norm.h>
+
+#include "batch_norm_kernel.h"
+
+namespace cnnkit {
+namespace cuda {
+namespace {
+
+namespace bn = cnnkit::batch_norm;
+
+constexpr int kColumns = 32;
+constexpr int kRows = 8;
+constexpr int kThreads = kColumns * kRows;
+constexpr int64_t kMaxSlices = 64;
+constexpr int kElementwiseThreads = 256;
+
+template <typename T> struct Opmath { using type = float; };
+template <> struct Opmath<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename Opmath<T>::type to_opmath(T v) { return static_cast<typename Opmath<T>::type>(v); }
+template <> __device__ __forceinline__ float to_opmath<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_opmath<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_opmath(typename Opmath<T>::type v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_opmath<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+int64_t slices_for(const BatchNormShape& s) {
+  const int64_t per_channel = s.batch * s.positions;
+  const int64_t slices = (per_channel + 4095) / 4096;
+  return slices < 1 ? 1 : (slices > kMaxSlices ? kMaxSlices : slices);
+}
+
+// The addresses of one channel's elements: element p in [0, N*S) of channel c.
+struct ChannelWalk {
+  int64_t channels, positions;
+  bool channels_last;
+  __device__ __forceinline__ int64_t offset(int64_t c, int64_t p) const {
+    if (channels_last) return p * channels + c;
+    const int64_t n = p / positions;
+    return (n * channels + c) * positions + (p - n * positions);
+  }
+};
+
+// Which channel this thread serves, and how it walks the slice [begin, end) of positions.
+struct SliceWork {
+  int64_t channel, first, step;
+  bool active;
+};
+
+__device__ __forceinline__ SliceWork slice_work(const BatchNormShape& s) {
+  const int tid = threadIdx.y * kColumns + threadIdx.x;
+  if (s.channels_last) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
+    return {c, static_cast<int64_t>(threadIdx.y), kRows, c < s.channels};
+  }
+  return {static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(tid), kThreads, true};
+}
+
+__device__ __forceinline__ void slice_bounds(const BatchNormShape& s, int64_t& begin, int64_t& end) {
+  const int64_t total = s.batch * s.positions;
+  begin = total * blockIdx.y / gridDim.y;
+  end = total * (blockIdx.y + 1) / gridDim.y;
+}
+
+// Merges the partial results of the block's threads that share a channel into the
+// thread with threadIdx.y == 0 (channels-last) or threadIdx 0 (channels-first).
+// `merge(into, from)` combines two shared-memory slots.
+template <typename Merge>
+__device__ __forceinline__ void block_merge(bool channels_last, const Merge& merge) {
+  const int tid = threadIdx.y * kColumns + threadIdx.x;
+  __syncthreads();
+  if (channels_last) {
+    if (threadIdx.y == 0)
+      for (int row = 1; row < kRows; ++row) merge(tid, row * kColumns + threadIdx.x);
+  } else {
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+      if (tid < half) merge(tid, tid + half);
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ bool writes_partial(bool channels_last) {
+  return channels_last ? threadIdx.y == 0 : (threadIdx.x == 0 && threadIdx.y == 0);
+}
+
+// ---------------------------------------------------------------- statistics
+
+template <typename T>
+__global__ void stats_partial_kernel(const T* __restrict__ x, BatchNormShape s,
+                                     typename Opmath<T>::type* __restrict__ workspace) {
+  using acc_t = typename Opmath<T>::type;
+  __shared__ acc_t sh_mean[kThreads], sh_m2[kThreads], sh_count[kThreads];
+  const SliceWork w = slice_work(s);
+  const ChannelWalk walk{s.channels, s.positions, s.channels_last};
+  int64_t begin, end;
+  slice_bounds(s, begin, end);
+  acc_t mean = 0, m2 = 0, count = 0;
+  if (w.active) {
+    for (int64_t p = begin + w.first; p < end; p += w.step) {
+      const acc_t v = to_opmath(x[walk.offset(w.channel, p)]);
+      count += acc_t(1);
+      const acc_t delta = v - mean;
+      mean += delta / count;
+      m2 += delta * (v - mean);
+    }
+  }
+  const int tid = threadIdx.y * kColumns + threadIdx.x;
+  sh_mean[tid] = mean;
+  sh_m2[tid] = m2;
+  sh_count[tid] = count;
+  block_merge(s.channels_last, [&](int into, int from) {
+    bn::merge_moments(sh_mean[into], sh_m2[into], sh_count[into], sh_mean[from], sh_m2[from], sh_count[from]);
+  });
+  if (w.active && writes_partial(s.channels_last)) {
+    const int64_t slot = (static_cast<int64_t>(blockIdx.y) * s.channels + w.channel) * 3;
+    workspace[slot] = sh_mean[tid];
+    workspace[slot + 1] = sh_m2[tid];
+    workspace[slot + 2] = sh_count[tid];
+  }
+}
+
+template <typename acc_t>
+__global__ void stats_finish_kernel(const acc_t* __restrict__ workspace, int64_t slices, int64_t channels,
+                                    acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  acc_t mean = 0, m2 = 0, count = 0;
+  for (int64_t k = 0; k < slices; ++k) {
+    const acc_t* slot = workspace + (k * channels + c) * 3;
+    bn::merge_moments(mean, m2, count, slot[0], slot[1], slot[2]);
+  }
+  mean_out[c] = mean;
+  var_out[c] = count > acc_t(0) ? m2 / count : acc_t(0);
+}
+
+// ---------------------------------------------------------------- elementwise
+
+template <typename acc_t>
+struct Channels {
+  const acc_t* mean;
+  const acc_t* invstd;
+  const acc_t* weight;
+  const acc_t* bias;
+  __device__ __forceinline__ void coefficients(int64_t c, acc_t& scale, acc_t& shift) const {
+    bn::forward_coefficients(mean[c], invstd[c], weight[c], bias[c], scale, shift);
+  }
+};
+
+__device__ __forceinline__ int64_t channel_of(int64_t index, const BatchNormShape& s) {
+  return s.channels_last ? index % s.channels : (index / s.positions) % s.channels;
+}
+
+template <typename T>
+__global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
+                               bool* __restrict__ mask, Channels<typename Opmath<T>::type> ch, int64_t activation,
+                               typename Opmath<T>::type slope, BatchNormShape s, int64_t numel) {
+  using acc_t = typename Opmath<T>::type;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t scale, shift;
+    ch.coefficients(channel_of(i, s), scale, shift);
+    acc_t pre = to_opmath(x[i]) * scale + shift;
+    if (residual) pre += to_opmath(residual[i]);
+    y[i] = from_opmath<T>(bn::activate(pre, activation, slope));
+    if (mask) mask[i] = pre > acc_t(0);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ typename Opmath<T>::type grad_at(const T* dy, const T* x, const bool* mask, int64_t i,
+                                                            typename Opmath<T>::type scale,
+                                                            typename Opmath<T>::type shift, int64_t activation,
+                                                            typename Opmath<T>::type slope) {
+  using acc_t = typename Opmath<T>::type;
+  const bool positive = mask ? mask[i] : to_opmath(x[i]) * scale + shift > acc_t(0);
+  return bn::activation_grad(to_opmath(dy[i]), positive, activation, slope);
+}
+
+template <typename T>
+__global__ void backward_reduce_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                               const bool* __restrict__ mask,
+                                               Channels<typename Opmath<T>::type> ch, int64_t activation,
+                                               typename Opmath<T>::type slope, BatchNormShape s,
+                                               typename Opmath<T>::type* __restrict__ workspace) {
+  using acc_t = typename Opmath<T>::type;
+  __shared__ acc_t sh_g[kThreads], sh_gx[kThreads];
+  const SliceWork w = slice_work(s);
+  const ChannelWalk walk{s.channels, s.positions, s.channels_last};
+  int64_t begin, end;
+  slice_bounds(s, begin, end);
+  acc_t sum_g = 0, sum_gx = 0;
+  if (w.active) {
+    acc_t scale, shift;
+    ch.coefficients(w.channel, scale, shift);
+    const acc_t mean = ch.mean[w.channel];
+    for (int64_t p = begin + w.first; p < end; p += w.step) {
+      const int64_t i = walk.offset(w.channel, p);
+      const acc_t g = grad_at(dy, x, mask, i, scale, shift, activation, slope);
+      sum_g += g;
+      sum_gx += g * (to_opmath(x[i]) - mean);
+    }
+  }
+  const int tid = threadIdx.y * kColumns + threadIdx.x;
+  sh_g[tid] = sum_g;
+  sh_gx[tid] = sum_gx;
+  block_merge(s.channels_last, [&](int into, int from) {
+    sh_g[into] += sh_g[from];
+    sh_gx[into] += sh_gx[from];
+  });
+  if (w.active && writes_partial(s.channels_last)) {
+    const int64_t slot = (static_cast<int64_t>(blockIdx.y) * s.channels + w.channel) * 2;
+    workspace[slot] = sh_g[tid];
+    workspace[slot + 1] = sh_gx[tid];
+  }
+}
+
+template <typename acc_t>
+__global__ void backward_reduce_finish_kernel(const acc_t* __restrict__ workspace, int64_t slices, int64_t channels,
+                                              acc_t* __restrict__ sum_g, acc_t* __restrict__ sum_gx) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  acc_t g = 0, gx = 0;
+  for (int64_t k = 0; k < slices; ++k) {
+    g += workspace[(k * channels + c) * 2];
+    gx += workspace[(k * channels + c) * 2 + 1];
+  }
+  sum_g[c] = g;
+  sum_gx[c] = gx;
+}
+
+template <typename T>
+__global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restrict__ x, const bool* __restrict__ mask,
+                                      Channels<typename Opmath<T>::type> ch,
+                                      const typename Opmath<T>::type* __restrict__ mean_grad,
+                                      const typename Opmath<T>::type* __restrict__ mean_grad_centered,
+                                      int64_t activation, typename Opmath<T>::type slope, T* __restrict__ dx,
+                                      T* __restrict__ dr, BatchNormShape s, int64_t numel) {
+  using acc_t = typename Opmath<T>::type;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = channel_of(i, s);
+    acc_t scale, shift, k1, k2, k3;
+    ch.coefficients(c, scale, shift);
+    bn::backward_coefficients(ch.mean[c], ch.invstd[c], ch.weight[c], mean_grad[c], mean_grad_centered[c], k1, k2, k3);
+    const acc_t g = grad_at(dy, x, mask, i, scale, shift, activation, slope);
+    dx[i] = from_opmath<T>(g * k1 + to_opmath(x[i]) * k2 + k3);
+    if (dr) dr[i] = from_opmath<T>(g);
+  }
+}
+
+// ---------------------------------------------------------------- launchers
+
+unsigned elementwise_blocks(int64_t numel) {
+  const int64_t blocks = (numel + kElementwiseThreads - 1) / kElementwiseThreads;
+  return static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8);
+}
+
+dim3 reduce_grid(const BatchNormShape& s) {
+  const int64_t columns = s.channels_last ? (s.channels + kColumns - 1) / kColumns : s.channels;
+  return dim3(static_cast<unsigned>(columns), static_cast<unsigned>(slices_for(s)));
+}
+
+template <typename T>
+Channels<typename Opmath<T>::type> typed(const BatchNormChannels& c) {
+  using acc_t = typename Opmath<T>::type;
+  return {static_cast<const acc_t*>(c.mean), static_cast<const acc_t*>(c.invstd), static_cast<const acc_t*>(c.weight),
+          static_cast<const acc_t*>(c.bias)};
+}
+
+template <typename Fn>
+cudaError_t dispatch(ScalarType type, const Fn& fn) {
+  switch (type) {
+    case ScalarType::kFloat: return fn(float{});
+    case ScalarType::kDouble: return fn(double{});
+    case ScalarType::kHalf: return fn(__half{});
+    case ScalarType::kBFloat16: return fn(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+int64_t batch_norm_workspace_elements(BatchNormShape shape) { return 3 * kMaxSlices * shape.channels; }
+
+cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, void* var, void* workspace,
+                             BatchNormShape shape, cudaStream_t stream) {
+  if (shape.channels == 0) return cudaSuccess;
+  return dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = typename Opmath<T>::type;
+    const dim3 grid = reduce_grid(shape);
+    stats_partial_kernel<T><<<grid, dim3(kColumns, kRows), 0, stream>>>(static_cast<const T*>(input), shape,
+                                                                         static_cast<acc_t*>(workspace));
+    stats_finish_kernel<acc_t><<<static_cast<unsigned>((shape.channels + 255) / 256), 256, 0, stream>>>(
+        static_cast<const acc_t*>(workspace), grid.y, shape.channels, static_cast<acc_t*>(mean),
+        static_cast<acc_t*>(var));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const void* residual, void* output,
+                                   bool* mask, BatchNormChannels channels, int64_t activation,
+                                   double negative_slope, BatchNormShape shape, cudaStream_t stream) {
+  const int64_t numel = shape.batch * shape.channels * shape.positions;
+  if (numel == 0) return cudaSuccess;
+  return dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = typename Opmath<T>::type;
+    forward_kernel<T><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+        static_cast<const T*>(input), static_cast<const T*>(residual), static_cast<T*>(output), mask,
+        typed<T>(channels), activation, static_cast<acc_t>(negative_slope), shape, numel);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_output, const void* input,
+                                           const bool* mask, BatchNormChannels channels, int64_t activation,
+                                           double negative_slope, void* sum_grad, void* sum_grad_centered,
+                                           void* workspace, BatchNormShape shape, cudaStream_t stream) {
+  if (shape.channels == 0) return cudaSuccess;
+  return dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = typename Opmath<T>::type;
+    const dim3 grid = reduce_grid(shape);
+    backward_reduce_partial_kernel<T><<<grid, dim3(kColumns, kRows), 0, stream>>>(
+        static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels), activation,
+        static_cast<acc_t>(negative_slope), shape, static_cast<acc_t*>(workspace));
+    backward_reduce_finish_kernel<acc_t><<<static_cast<unsigned>((shape.channels + 255) / 256), 256, 0, stream>>>(
+        static_cast<const acc_t*>(workspace), grid.y, shape.channels, static_cast<acc_t*>(sum_grad),
+        static_cast<acc_t*>(sum_grad_centered));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t batch_norm_act_backward_apply(ScalarType type, const void* grad_output, const void* input,
+                                          const bool* mask, BatchNormChannels channels, const void* mean_grad,
+                                          const void* mean_grad_centered, int64_t activation,
+                                          double negative_slope, void* grad_input, void* grad_residual,
+                                          BatchNormShape shape, cudaStream_t stream) {
+  const int64_t numel = shape.batch * shape.channels * shape.positions;
+  if (numel == 0) return cudaSuccess;
+  return dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = typename Opmath<T>::type;
+    backward_apply_kernel<T><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+        static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
+        static_cast<const acc_t*>(mean_grad), static_cast<const acc_t*>(mean_grad_centered), activation,
+        static_cast<acc_t>(negative_slope), static_cast<T*>(grad_input), static_cast<T*>(grad_residual), shape,
+        numel);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace cuda
+}  // namespace cnnkit
