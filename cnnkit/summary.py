@@ -13,11 +13,13 @@ the residual networks here, since the main branch always has the wider field.
 """
 
 import argparse
+import copy
 import dataclasses
 import sys
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 GLOBAL = None  # receptive field of a layer that sees the whole input
 
@@ -116,9 +118,11 @@ class _Tracer:
 def summary(model, input_size, device=None, dtype=None):
     """Summarize `model` on an input of `input_size`: (C, H, W) for one image, or (N, C, H, W).
 
-    Runs one forward pass in eval mode under no_grad (running statistics are not
-    touched, and the model's mode is restored), on the model's device unless `device`
-    is given; a model on the meta device is summarized without computing anything.
+    Runs one forward pass under no_grad on a copy of the model on the meta device (shapes
+    only: no arithmetic, no memory), or on the model itself where an op has no meta
+    kernel. It runs the modules in training mode and the BatchNorms in eval mode, so that
+    every convolution is called as a module (fused models fold BN into the conv in eval)
+    and no running statistic changes; each module's mode is restored afterwards.
     Returns a ModelSummary; print it for the table.
     """
     input_shape = tuple(input_size)
@@ -129,29 +133,50 @@ def summary(model, input_size, device=None, dtype=None):
     reference = next(iter(model.parameters()), None)
     device = device or (reference.device if reference is not None else "cpu")
     dtype = dtype or (reference.dtype if reference is not None else torch.float32)
+    try:
+        rows = _trace(_meta_copy(model), torch.empty(input_shape, device="meta", dtype=dtype))
+    except (NotImplementedError, RuntimeError):
+        rows = _trace(model, torch.zeros(input_shape, device=device, dtype=dtype))
+    unique = {id(p): p for p in model.parameters()}.values()
+    return ModelSummary(
+        rows=rows,
+        input_shape=input_shape,
+        total_params=sum(p.numel() for p in unique),
+        trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+        total_macs=sum(row.macs for row in rows),
+    )
+
+
+def _meta_copy(model):
+    """A deep copy of `model` whose parameters and buffers live on the meta device."""
+    memo = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _trace(model, input):
     tracer = _Tracer(model)
+    modes = {module: module.training for module in model.modules()}
     handles = [
         module.register_forward_hook(tracer.hook)
         for module in model.modules()
         if not list(module.children())
     ]
-    was_training = model.training
     try:
-        model.eval()
+        model.train()
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
         with torch.no_grad():
-            model(torch.zeros(input_shape, device=device, dtype=dtype))
+            model(input)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
         for handle in handles:
             handle.remove()
-    unique = {id(p): p for p in model.parameters()}.values()
-    return ModelSummary(
-        rows=tracer.rows,
-        input_shape=input_shape,
-        total_params=sum(p.numel() for p in unique),
-        trainable_params=sum(p.numel() for p in unique if p.requires_grad),
-        total_macs=sum(row.macs for row in tracer.rows),
-    )
+    return tracer.rows
 
 
 def _human(count):

@@ -106,7 +106,7 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         check_image_batch(x, "ResNet", self.in_channels)
-        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache)
+        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache, self.training)
         x = self.maxpool(x)
         x = self.layer1(x)
         x = self.layer2(x)

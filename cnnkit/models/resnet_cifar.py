@@ -68,7 +68,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x):
         check_image_batch(x, f"resnet{self.depth}", self.in_channels)
-        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache)
+        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache, self.training)
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 

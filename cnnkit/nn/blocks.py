@@ -226,12 +226,13 @@ def _is_conv_bn(module):
     )
 
 
-def conv_bn_relu(conv, bn, input, fold_cache):
+def conv_bn_relu(conv, bn, input, fold_cache, training):
     """relu(bn(conv(input))) for a network's stem: eager torch.nn when bn is a torch.nn
-    BatchNorm2d, the fused BN-ReLU in training, one folded convolution in inference."""
+    BatchNorm2d, the fused BN-ReLU in training, one folded convolution in inference
+    (`training`: the owning model's mode, which decides as a block's does)."""
     if not is_fused_norm(bn):
         return torch.relu(bn(conv(input)))
-    if bn.training or bn.running_mean is None:
+    if training or bn.training or bn.running_mean is None:
         return bn(conv(input))
     return fold_cache.conv_bn_act(conv, bn, input)
 
