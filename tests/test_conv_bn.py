@@ -299,6 +299,10 @@ def test_bad_arguments():
             module(torch.randn(3, 8, 8))  # the error nn.BatchNorm2d gives after an unbatched conv
         with pytest.raises(RuntimeError, match="channels"):
             module(torch.randn(2, 5, 8, 8))
+        with pytest.raises(ValueError, match="residual"):
+            module(torch.randn(2, 3, 8, 8), torch.randn(2, 4, 1, 1))  # no broadcasting
+        with pytest.raises(TypeError, match="residual"):
+            module(torch.randn(2, 3, 8, 8), torch.randn(2, 4, 6, 6, dtype=torch.float64))
     module.train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         module(torch.randn(1, 3, 3, 3))
@@ -307,12 +311,13 @@ def test_bad_arguments():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_conv2d_bias_act_fused_call(with_residual, activation, dtype):
-    """The oneDNN post-op path (channels_last, no autograd) against conv + add + act."""
-    x = torch.randn(2, 8, 9, 9, dtype=dtype).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv2d_bias_act_fused_call(layout, with_residual, activation, dtype):
+    """The fused vendor path (no autograd) against conv + add + act."""
+    x = to_layout(torch.randn(2, 8, 9, 9, dtype=dtype), layout)
     w = torch.randn(6, 4, 3, 3, dtype=dtype)
     b = torch.randn(6, dtype=dtype)
-    residual = torch.randn(2, 6, 5, 5, dtype=dtype).to(memory_format=torch.channels_last) if with_residual else None
+    residual = to_layout(torch.randn(2, 6, 5, 5, dtype=dtype), layout) if with_residual else None
     expected = F.conv2d(x.float(), w.float(), b.float(), 2, 1, 1, 2)
     if with_residual:
         expected = expected + residual.float()
@@ -320,7 +325,8 @@ def test_conv2d_bias_act_fused_call(with_residual, activation, dtype):
     with torch.no_grad():
         got = conv2d_bias_act(x, w, b, 2, 1, 1, 2, activation, 0.1, residual)
     torch.testing.assert_close(got.float(), expected, **TOL[dtype])
-    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    assert got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
 @pytest.mark.slow
