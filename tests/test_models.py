@@ -142,7 +142,10 @@ def test_fused_matches_reference(name):
     size, kwargs, _ = PARITY_CASES[name]
     reference, fused = reference_and_fused(name, **kwargs)
     channels = model_info(name).input_size[0]
-    input = torch.randn(2, channels, size, size, dtype=torch.float64)
+    # ResNets end at 1x1 here: a batch of 4 keeps their last BatchNorms well conditioned
+    # (with 2 values per channel, float64 rounding is amplified to ~1e-6).
+    batch = 4 if name.startswith("resnet") else 2
+    input = torch.randn(batch, channels, size, size, dtype=torch.float64)
     assert_models_match(reference, fused, input)
 
 
