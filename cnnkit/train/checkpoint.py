@@ -102,6 +102,13 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path}: unreadable checkpoint content ({error})") from None
 
 
+def describe_load_error(error):
+    """The first specific line of a load_state_dict error (not its generic header)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    details = [line for line in lines if not line.startswith("Error(s) in loading")]
+    return (details or lines or [type(error).__name__])[0]
+
+
 def list_checkpoints(directory):
     """Checkpoint files of a run directory, newest first."""
     paths = [p for p in glob.glob(os.path.join(os.fspath(directory), CHECKPOINT_GLOB))

@@ -28,7 +28,7 @@ def train_parser():
     parser = argparse.ArgumentParser(
         prog="cnnkit train",
         description="Train a model of the zoo. Settings left out come from the model's "
-                    "recipe (LeNet-5: Fashion-MNIST, Adam on the LeNet schedule x4, 12 epochs).")
+                    "recipe (LeNet-5: Fashion-MNIST, SGD on the LeNet schedule x100, 12 epochs).")
     add = parser.add_argument
     add("model", help="model name (see `cnnkit summary --list` or cnnkit.models.list_models())")
     add("--dataset", help="fashion-mnist, mnist or cifar10")

@@ -35,7 +35,7 @@ def build_model(path, state, device):
     except RuntimeError as error:
         raise ckpt.CheckpointError(
             f"{path}: weights do not fit model {name!r} "
-            f"({str(error).strip().splitlines()[0]})") from None
+            f"({ckpt.describe_load_error(error)})") from None
     return model.to(device).eval()
 
 

@@ -73,7 +73,14 @@ class Trainer:
             return None, None
         source = output if resume is True else os.fspath(resume)
         if os.path.isdir(source):
-            path, state = ckpt.load_latest_checkpoint(source, on_skip=self._warn_skipped)
+            try:
+                path, state = ckpt.load_latest_checkpoint(source, on_skip=self._warn_skipped)
+            except ckpt.CheckpointError as error:
+                raise ckpt.CheckpointError(f"{error}; nothing to resume: start without "
+                                           "--resume, or pass --output of the run to continue")
+        elif not os.path.exists(source):
+            raise ckpt.CheckpointError(f"{source}: nothing to resume: no such checkpoint or "
+                                       "run directory; start without --resume")
         else:
             path, state = source, ckpt.load_checkpoint(source)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -220,7 +227,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as error:
-            first_line = str(error).strip().splitlines()[0]
+            first_line = ckpt.describe_load_error(error)
             raise ckpt.CheckpointError(
                 f"{path}: incompatible with this model or optimizer ({first_line}); "
                 "resume with the settings it was written with, or start a new --output"

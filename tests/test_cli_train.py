@@ -1,0 +1,127 @@
+"""`cnnkit train` and `cnnkit evaluate`: exit codes and one-line messages for mistakes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cnnkit.data import write_synthetic_mnist
+from cnnkit.train.checkpoint import list_checkpoints
+from cnnkit.train.cli import evaluate_main, train_main
+
+QUICK = ["--dataset", "mnist", "--batch-size", "32", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(write_synthetic_mnist(tmp_path_factory.mktemp("synthetic"), train=320, test=100))
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_dir, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("run"))
+    assert train_main(["lenet5", "--data-dir", data_dir, "--epochs", "1",
+                       "--output", output] + QUICK) == 0
+    return output
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_train_reports_test_accuracy(trained_run, capsys, data_dir, tmp_path):
+    assert train_main(["lenet5", "--data-dir", data_dir, "--epochs", "1",
+                       "--output", str(tmp_path)] + QUICK) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("lenet5 on mnist: test top-1 accuracy ") and "top-5 error" in last
+
+
+def test_unknown_model(capsys):
+    assert train_main(["lenet7"]) == 1
+    line = _error_line(capsys)
+    assert line.startswith("cnnkit train: error: unknown model 'lenet7'; choose one of: lenet5")
+
+
+def test_missing_data(tmp_path, capsys):
+    assert train_main(["lenet5", "--data-dir", str(tmp_path / "none"), "--output",
+                       str(tmp_path / "out")]) == 1
+    line = _error_line(capsys)
+    assert "no such directory" in line and "dataset-fashion-mnist" in line
+
+
+def test_truncated_data(tmp_path, capsys):
+    write_synthetic_mnist(tmp_path, train=20, test=10, compress=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    assert train_main(["lenet5", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                       "--output", str(tmp_path / "out")]) == 1
+    assert "truncated" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "epochs: expected a positive int, got 0"),
+    (["--augment", "crop,warp"], "augment: unknown augmentation 'warp'"),
+    (["--lr-scale", "-1"], "lr_scale: expected a positive number"),
+    (["--amp", "--amp-dtype", "float16", "--device", "cpu"], "float16 autocast needs CUDA"),
+])
+def test_bad_values(args, message, capsys, data_dir, tmp_path):
+    code = train_main(["lenet5", "--data-dir", data_dir, "--output", str(tmp_path)] + QUICK + args)
+    assert code == 1
+    assert message in _error_line(capsys)
+
+
+def test_usage_errors_exit_2(capsys):
+    assert train_main(["lenet5", "--optimizer", "rmsprop"]) == 2
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+    assert train_main([]) == 2
+    assert train_main(["--help"]) == 0
+
+
+def test_resume_without_checkpoint(tmp_path, capsys, data_dir):
+    assert train_main(["lenet5", "--data-dir", data_dir, "--output", str(tmp_path), "--resume"]
+                      + QUICK) == 1
+    assert "nothing to resume" in _error_line(capsys)
+
+
+def test_evaluate(trained_run, capsys):
+    assert evaluate_main([trained_run, "--per-class"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 11 and out[-1].endswith("loss " + out[-1].rsplit(" ", 1)[1])
+    assert "100 test images, top-1 accuracy" in out[-1] and "top-5 error" in out[-1]
+    assert evaluate_main([list_checkpoints(trained_run)[0], "--ten-crop"]) == 0
+
+
+def test_evaluate_bad_checkpoints(trained_run, tmp_path, capsys):
+    assert evaluate_main([str(tmp_path / "missing.pt")]) == 1
+    assert "no such checkpoint" in _error_line(capsys)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(open(list_checkpoints(trained_run)[0], "rb").read()[:-1])
+    assert evaluate_main([str(damaged)]) == 1
+    assert "truncated checkpoint" in _error_line(capsys)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"\x80\x04K\x01.")
+    assert evaluate_main([str(other)]) == 1
+    assert "not a cnnkit checkpoint" in _error_line(capsys)
+
+
+def test_incompatible_checkpoint(trained_run, tmp_path, capsys):
+    import torch
+
+    from cnnkit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(list_checkpoints(trained_run)[0])
+    state["model"]["features.0.weight"] = torch.zeros(3, 1, 5, 5)
+    save_checkpoint(state, tmp_path / "changed.pt")
+    assert evaluate_main([str(tmp_path / "changed.pt")]) == 1
+    line = _error_line(capsys)
+    assert "weights do not fit model 'lenet5'" in line and "features.0.weight" in line
+
+
+def test_command_line_has_no_traceback(tmp_path):
+    process = subprocess.run([sys.executable, "-m", "cnnkit", "evaluate", str(tmp_path / "x.pt")],
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 1
+    assert process.stderr.strip() == f"cnnkit evaluate: error: {tmp_path / 'x.pt'}: no such checkpoint"
+    assert "Traceback" not in process.stderr

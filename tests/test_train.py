@@ -1,0 +1,112 @@
+"""fit(): learning, the run's files, exact resume after an interruption, and DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnnkit.data import write_synthetic_mnist
+from cnnkit.train import fit, load_checkpoint, load_latest_checkpoint
+
+QUICK = dict(dataset="mnist", batch_size=32, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(write_synthetic_mnist(tmp_path_factory.mktemp("synthetic"), train=640, test=200))
+
+
+def test_short_run_beats_chance_and_writes_its_files(data_dir, tmp_path):
+    result = fit("lenet5", data_dir=data_dir, epochs=2, output=str(tmp_path), **QUICK)
+    assert not result.interrupted
+    assert result.test["count"] == 200
+    assert result.test["top1_acc"] > 0.5  # chance is 0.1
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,lr,train_loss") and len(csv_lines) == 3
+    assert (tmp_path / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test top-1 accuracy" in (tmp_path / "log.txt").read_text()
+    state = load_checkpoint(result.checkpoint)
+    assert (state["epoch"], state["step"], state["model_name"]) == (2, 0, "lenet5")
+    # The LeNet recipe: SGD on the paper's schedule x100, 0.05 for the first three epochs.
+    assert result.history[0]["lr"] == pytest.approx(0.05)
+
+
+def _weights(result):
+    return load_checkpoint(result.checkpoint)["model"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(data_dir, tmp_path):
+    settings = dict(data_dir=data_dir, epochs=3, augment="crop,flip", **QUICK)
+    reference = fit("lenet5", output=str(tmp_path / "whole"), **settings)
+
+    def stop_mid_epoch(trainer, epoch, step):
+        if (epoch, step) == (1, 6):
+            trainer.request_stop()
+
+    output = str(tmp_path / "split")
+    first = fit("lenet5", output=output, on_batch_end=stop_mid_epoch, **settings)
+    assert first.interrupted and len(first.history) == 1
+    state = load_checkpoint(first.checkpoint)
+    assert (state["epoch"], state["step"]) == (1, 7)
+    resumed = fit("lenet5", output=output, resume=True, **settings)
+    assert not resumed.interrupted
+    for name, tensor in _weights(reference).items():
+        assert torch.equal(tensor, _weights(resumed)[name]), name
+    strip = lambda history: [{k: v for k, v in r.items() if not k.endswith("_s")}
+                             for r in history]
+    assert strip(resumed.history) == strip(reference.history)
+    assert resumed.test == reference.test
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint(data_dir, tmp_path, capsys):
+    settings = dict(data_dir=data_dir, output=str(tmp_path), **QUICK)
+    fit("lenet5", epochs=2, **settings)
+    path, _ = load_latest_checkpoint(tmp_path)
+    with open(path, "r+b") as file:
+        file.seek(100)
+        file.write(b"garbage")
+    result = fit("lenet5", epochs=3, resume=True, **settings)
+    out = capsys.readouterr().out
+    assert "checksum mismatch" in out and "resumed from" in out and "e0001" in out
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+def test_resume_refuses_another_model(data_dir, tmp_path):
+    from cnnkit.train import CheckpointError
+
+    fit("lenet5", epochs=1, data_dir=data_dir, output=str(tmp_path), **QUICK)
+    with pytest.raises(CheckpointError, match="checkpoint is for dataset 'mnist'"):
+        fit("lenet5", dataset="fashion-mnist", resume=True, output=str(tmp_path),
+            progress=False)
+
+
+def _torchrun(args, nproc):
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--standalone", "-m", "cnnkit.train"] + args
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(data_dir, tmp_path):
+    args = ["lenet5", "--dataset", "mnist", "--data-dir", data_dir, "--epochs", "2",
+            "--batch-size", "32", "--augment", "crop,flip", "--optimizer", "sgd",
+            "--schedule", "constant", "--lr", "0.05", "--no-progress", "--threads", "1"]
+    single = _torchrun(args + ["--output", str(tmp_path / "one")], 1)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = _torchrun(args + ["--output", str(tmp_path / "two")], 2)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert double.stdout.count("test top-1 accuracy") == 1  # rank 0 alone reports
+    _, one = load_latest_checkpoint(tmp_path / "one")
+    _, two = load_latest_checkpoint(tmp_path / "two")
+    assert one["config"]["batch_size"] == two["config"]["batch_size"] == 32
+    for name, tensor in one["model"].items():
+        # Same global batches and augmentation; only the gradient sums' order differs.
+        torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5)
+    assert abs(one["history"][-1]["test_top1_acc"] - two["history"][-1]["test_top1_acc"]) <= 0.01
