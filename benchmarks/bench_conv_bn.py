@@ -172,8 +172,11 @@ def main(argv=None):
         print()
         tables.append(f"## {title}\n\n{harness.markdown_table(records, columns)}")
         all_records += records
+    # Shared machines: the load says how much the figures may be disturbed.
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     header = (f"batch {batch}, float32, git {harness.git_revision()}, BN-act op: "
-              f"{'compiled kernel' if bn_kernel else 'reference fallback'}.\n"
+              f"{'compiled kernel' if bn_kernel else 'reference fallback'}, "
+              f"load average at the end {load} on {os.cpu_count()} CPUs.\n"
               "ratio = eager / ours (> 1: ours faster); x_floor = ours / bare convolution.\n\n")
     harness.write_results("bench_conv_bn", all_records, header + "\n\n".join(tables), args.output)
     return 0

@@ -47,7 +47,8 @@ class ConvBNReLU2d(nn.Module):
     bn.running_var and bn.num_batches_tracked; the state of an ``nn.Sequential(conv, bn)``
     or ``nn.Sequential(conv, bn, nn.ReLU())`` (keys ``0.*``, ``1.*``) loads as well.
 
-    ``activation`` is "relu" (default), "leaky_relu" (with ``negative_slope``) or None.
+    ``activation`` is "relu" (default), "leaky_relu" (with ``negative_slope``) or None /
+    "identity".
     ``forward(input, residual=None)`` computes act(BN(conv(input)) + residual).
 
     Training: the convolution, then the fused BN (+ residual) + activation op, updating
@@ -60,8 +61,8 @@ class ConvBNReLU2d(nn.Module):
     through ``.data`` bypass version counters, so call ``reset_folded_cache()`` after
     those. When parameters need gradients the fold runs under autograd on every call, so
     gradients reach conv and bn as in eager. The folded convolution, bias, residual add and
-    activation then run as one oneDNN call where it applies (see
-    cnnkit.functional.conv2d_bias_act).
+    activation then run as one vendor call where it applies: oneDNN's post-ops on CPU,
+    cuDNN's conv-bias-ReLU on CUDA (see cnnkit.functional.conv2d_bias_act).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -75,9 +76,16 @@ class ConvBNReLU2d(nn.Module):
         self.bn = _fused_batchnorm_class()(out_channels, eps=eps, momentum=momentum,
                                            activation=activation, negative_slope=negative_slope,
                                            **factory)
-        self.activation = activation
-        self.negative_slope = negative_slope
         self._folded = None
+
+    # One source of truth for train and eval: the fused BN module's own settings.
+    @property
+    def activation(self):
+        return self.bn.activation
+
+    @property
+    def negative_slope(self):
+        return self.bn.negative_slope
 
     @classmethod
     def from_torch(cls, conv, bn, activation="relu", negative_slope=0.01):
@@ -102,8 +110,6 @@ class ConvBNReLU2d(nn.Module):
         nn.Module.__init__(module)
         module.conv = conv
         module.bn = _share_state(bn, activation, negative_slope)
-        module.activation = activation
-        module.negative_slope = negative_slope
         module._folded = None
         module.train(conv.training)
         return module
@@ -181,10 +187,6 @@ class ConvBNReLU2d(nn.Module):
         self._folded = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-
-    def extra_repr(self):
-        text = f"activation={self.activation!r}"
-        return text + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
 
 
 def _share_state(bn, activation, negative_slope):
