@@ -339,3 +339,25 @@ def test_compile_fullgraph():
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x), **TOL[torch.float32])
     assert_state_equal(ours, eager, **TOL[torch.float32])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_train_and_eval_match_eager(layout, dtype):
+    """Training (conv + fused BN kernel) and eval (cuDNN conv-bias-(add-)ReLU) on the GPU."""
+    ours, eager = make_pair(CONFIGS[0])
+    ours.cuda().to(dtype), eager.cuda().to(dtype)
+    tol = TOL[torch.float32] if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    x = to_layout(torch.randn(4, 3, 16, 16, device="cuda", dtype=dtype), layout)
+    residual = to_layout(torch.randn(4, 8, 16, 16, device="cuda", dtype=dtype), layout)
+    x_ours, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_eager = ours(x_ours), eager(x_eager)
+    torch.testing.assert_close(y_ours, y_eager, **tol)
+    y_ours.sum().backward(), y_eager.sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_eager.grad, **tol)
+    assert_state_equal(ours, eager, **tol)
+    ours.eval(), eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), eager(x), **tol)
+        torch.testing.assert_close(ours(x, residual), torch.relu(eager[1](eager[0](x)) + residual), **tol)

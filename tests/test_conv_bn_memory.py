@@ -191,3 +191,21 @@ def test_compile_fullgraph():
     want = torch.autograd.grad(expected.square().sum(), [x, g, w])
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_matches_eager(training):
+    rm, rv, g, b, w, cb = (t.detach().cuda().float() if t is not None else None for t in bn_conv_args())
+    g.requires_grad_(), w.requires_grad_()
+    x = torch.randn(4, 6, 9, 9, device="cuda", requires_grad=True)
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    out = bn_act_conv2d(x, rm, rv, g, b, w, cb, training, 0.1, 1e-5, "relu", padding=1, groups=2)
+    expected = reference.bn_act_conv2d(x, rm_ref, rv_ref, g, b, w, cb, training, 0.1, 1e-5, "relu",
+                                       padding=1, groups=2)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rm, rm_ref), torch.testing.assert_close(rv, rv_ref)
+    got = torch.autograd.grad(out.square().sum(), [x, g, w])
+    want = torch.autograd.grad(expected.square().sum(), [x, g, w])
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3)
