@@ -344,6 +344,7 @@ def test_compile_fullgraph():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@torch.backends.cudnn.flags(enabled=True, allow_tf32=False)  # TF32 would blur the comparison
 def test_cuda_train_and_eval_match_eager(layout, dtype):
     """Training (conv + fused BN kernel) and eval (cuDNN conv-bias-(add-)ReLU) on the GPU."""
     ours, eager = make_pair(CONFIGS[0])

@@ -195,6 +195,7 @@ def test_compile_fullgraph():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("training", [True, False])
+@torch.backends.cudnn.flags(enabled=True, allow_tf32=False)  # TF32 would blur the comparison
 def test_cuda_matches_eager(training):
     rm, rv, g, b, w, cb = (t.detach().cuda().float() if t is not None else None for t in bn_conv_args())
     g.requires_grad_(), w.requires_grad_()
