@@ -1,7 +1,8 @@
 """Conv + BatchNorm + ReLU: cnnkit.nn.ConvBNReLU2d and cnnkit.functional.bn_act_conv2d
 against eager PyTorch, on ResNet-50's convolution shapes.
 
-    python benchmarks/bench_conv_bn.py [--quick] [--output DIR]
+    python benchmarks/bench_conv_bn.py [--quick] [--threads N] [--sections eval train memory]
+                                       [--output DIR]
 
 Three tables:
 - eval (no_grad): ConvBNReLU2d (BN folded once, cached) vs eager Conv2d -> BatchNorm2d ->
@@ -148,21 +149,31 @@ TRAIN_COLUMNS = ["shape", "layout", "mode", "ours_ms", "baseline_ms", "ratio", "
 MEMORY_COLUMNS = ["shape", "layout", "ours_ms", "baseline_ms", "ratio", "saved_mb", "baseline_saved_mb"]
 
 
+SECTIONS = {
+    "eval": ("eval (no_grad)", eval_case, EVAL_COLUMNS),
+    "train": ("train step (forward + backward)", train_case, TRAIN_COLUMNS),
+    "memory": ("memory-saving BN -> ReLU -> conv (forward + backward)", memory_saving_case, MEMORY_COLUMNS),
+}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 2, fewer rounds")
     parser.add_argument("--output", help="directory for bench_conv_bn.json/.md (default benchmarks/results)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
+                        help="which tables to measure (default: all)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch, rounds = (QUICK_BATCH, 3) if args.quick else (BATCH, 5)
     bn_kernel = cnnkit._ops.has_kernel("batch_norm_act", "cpu")
     print(f"# bench_conv_bn on {harness.machine()}, batch {batch}, float32")
     print(f"(BN-act op: {'compiled kernel' if bn_kernel else 'reference fallback'})\n")
     tables = []
     all_records = []
-    for title, case, columns in (("eval (no_grad)", eval_case, EVAL_COLUMNS),
-                                 ("train step (forward + backward)", train_case, TRAIN_COLUMNS),
-                                 ("memory-saving BN -> ReLU -> conv (forward + backward)",
-                                  memory_saving_case, MEMORY_COLUMNS)):
+    for section in args.sections:
+        title, case, columns = SECTIONS[section]
         print(f"## {title}\n\n{harness.markdown_table([], columns)}", flush=True)
         records = []
         for cin, cout, kernel, size in SHAPES:
@@ -178,7 +189,10 @@ def main(argv=None):
               f"{'compiled kernel' if bn_kernel else 'reference fallback'}, "
               f"load average at the end {load} on {os.cpu_count()} CPUs.\n"
               "ratio = eager / ours (> 1: ours faster); x_floor = ours / bare convolution.\n\n")
-    harness.write_results("bench_conv_bn", all_records, header + "\n\n".join(tables), args.output)
+    name = "bench_conv_bn" + (f"_{args.threads}thread" if args.threads else "")
+    if args.sections != list(SECTIONS):
+        name += "_" + "_".join(args.sections)
+    harness.write_results(name, all_records, header + "\n\n".join(tables), args.output)
     return 0
 
 
