@@ -78,7 +78,7 @@ def test_block_matches_torchvision_formula_in_eval(kind, inplanes, planes, strid
 
 
 @pytest.mark.parametrize("kind, inplanes, planes, stride", CASES)
-@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("memory_efficient", [False, True, "block"])
 def test_block_training_matches_eager(kind, inplanes, planes, stride, memory_efficient):
     fused = randomize(make_block(kind, inplanes, planes, stride, memory_efficient=memory_efficient))
     eager = make_block(kind, inplanes, planes, stride, fused=False)
@@ -200,3 +200,16 @@ def test_memory_efficient_mode_keeps_one_tensor_per_link():
     # The two BN-ReLU outputs inside the block (inputs of conv2 and conv3) are not stored.
     link = 4 * 16 * 16 * 16 * 4  # N * width * H * W * sizeof(float)
     assert saved_bytes(saving, x) <= saved_bytes(normal, x) - 2 * link + 4096
+
+
+def test_block_checkpointing_keeps_only_the_input():
+    x = torch.randn(4, 64, 16, 16, requires_grad=True)
+    normal = make_block("bottleneck", 64, 16).float()
+    checkpointed = make_block("bottleneck", 64, 16, memory_efficient="block").float()
+    assert saved_bytes(checkpointed, x) <= x.numel() * 4 + 4096  # the input and small vectors
+    assert saved_bytes(normal, x) > 3 * x.numel() * 4
+
+
+def test_memory_efficient_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="memory_efficient must be"):
+        Bottleneck(64, 16, memory_efficient="everything")

@@ -431,7 +431,6 @@ def test_channels_last_end_to_end(training):
     assert output.shape == (2, 10)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True])
 def test_compile_has_no_graph_break(training):
     torch._dynamo.reset()
@@ -439,3 +438,13 @@ def test_compile_has_no_graph_break(training):
     input = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     explanation = torch._dynamo.explain(model)(input)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("name, mode", [("resnet20", True), ("resnet20", "block"), ("resnet50", "block")])
+def test_memory_saving_models_match_reference(name, mode):
+    reference, _ = reference_and_fused(name)
+    saving = get_model(name, fused=True, num_classes=10, memory_efficient=mode).double()
+    saving.load_state_dict(reference.state_dict())
+    input = torch.randn(4, 3, 32 if name == "resnet50" else 16, 32 if name == "resnet50" else 16,
+                        dtype=torch.float64)
+    assert_models_match(reference, saving, input)

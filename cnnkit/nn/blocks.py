@@ -10,11 +10,17 @@ With ``norm_layer=nn.BatchNorm2d`` (what the models build for fused=False) the s
 block runs eager torch.nn: BN, then ReLU / add + ReLU as separate ops. That is the
 reference the tests hold the fused blocks to.
 
-``memory_efficient=True`` (training only) keeps, for each conv -> BN -> ReLU -> conv
-link inside the block, only the first conv's output and recomputes BN + ReLU in
-backward, the way memory-efficient DenseNet implementations do: of the two
-activation-sized tensors eager keeps per link (the BN input and the ReLU output),
-one is never stored. It costs one BN-ReLU pass per link in backward.
+Memory-saving training (``memory_efficient``; eval and no_grad are unaffected):
+
+- ``True`` (or ``"links"``): for each conv -> BN -> ReLU -> conv link inside the block,
+  only the first conv's output is kept and BN + ReLU is recomputed in backward, the way
+  memory-efficient DenseNet implementations do. Of the two activation-sized tensors
+  eager keeps per link (the BN input and the ReLU output) one is never stored: a
+  Bottleneck keeps 4 tensors instead of 6 (640 instead of 768 channels' worth on a
+  256-channel block), for one extra BN-ReLU pass per link in backward.
+- ``"block"``: the block keeps only its input and recomputes its whole forward in
+  backward (activation checkpointing, running statistics updated once): about one
+  tensor per block, for one extra block forward in backward.
 
 In eval mode with running statistics, a fused block folds each BatchNorm into the
 convolution before it (cached, invalidated when a weight or statistic changes) and runs
@@ -22,8 +28,12 @@ the residual add and ReLU as that convolution's epilogue: one pass per conv inst
 three or four.
 """
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -84,11 +94,19 @@ class _ResidualBlock(nn.Module):
         return torch.relu(bn(input) + identity)
 
     def _bn_relu_conv(self, bn, conv, input):
-        """conv(relu(bn(input))); in memory_efficient training only `input` is kept for
-        backward and relu(bn(input)) is recomputed there."""
-        if self.memory_efficient and bn.training and torch.is_grad_enabled():
+        """conv(relu(bn(input))); in "links" memory-saving training only `input` is kept
+        for backward and relu(bn(input)) is recomputed there."""
+        if self._recompute == "links" and bn.training and torch.is_grad_enabled():
             return memory_efficient_bn_relu_conv(bn, conv, input)
         return conv(self._bn_relu(bn, input))
+
+    def forward(self, x):
+        if self._folds_bn():
+            return self._folded_forward(x)
+        if self._recompute == "block" and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False,
+                              context_fn=lambda: (contextlib.nullcontext(), _RunningStatsKept(self)))
+        return self._forward(x)
 
     def _shortcut(self, input):
         return input if self.downsample is None else self.downsample(input)
@@ -141,17 +159,19 @@ class BasicBlock(_ResidualBlock):
         self.downsample = downsample
         self.stride = stride
         self.memory_efficient = memory_efficient
+        self._recompute = recompute_mode(memory_efficient)
         self._fused = is_fused_norm(self.bn2)
         self._fold_cache = FoldedConvBNCache()
 
     def _norms(self):
         return (self.bn1, self.bn2)
 
-    def forward(self, x):
-        if self._folds_bn():
-            identity = self._folded_shortcut(x)
-            out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
-            return self._fold_cache.conv_bn_act(self.conv2, self.bn2, out, residual=identity)
+    def _folded_forward(self, x):
+        identity = self._folded_shortcut(x)
+        out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
+        return self._fold_cache.conv_bn_act(self.conv2, self.bn2, out, residual=identity)
+
+    def _forward(self, x):
         identity = self._shortcut(x)
         out = self._bn_relu_conv(self.bn1, self.conv2, self.conv1(x))
         return self._bn_add_relu(self.bn2, out, identity)
@@ -197,22 +217,55 @@ class Bottleneck(_ResidualBlock):
         self.stride = stride
         self.stride_in_1x1 = stride_in_1x1
         self.memory_efficient = memory_efficient
+        self._recompute = recompute_mode(memory_efficient)
         self._fused = is_fused_norm(self.bn3)
         self._fold_cache = FoldedConvBNCache()
 
     def _norms(self):
         return (self.bn1, self.bn2, self.bn3)
 
-    def forward(self, x):
-        if self._folds_bn():
-            identity = self._folded_shortcut(x)
-            out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
-            out = self._fold_cache.conv_bn_act(self.conv2, self.bn2, out)
-            return self._fold_cache.conv_bn_act(self.conv3, self.bn3, out, residual=identity)
+    def _folded_forward(self, x):
+        identity = self._folded_shortcut(x)
+        out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
+        out = self._fold_cache.conv_bn_act(self.conv2, self.bn2, out)
+        return self._fold_cache.conv_bn_act(self.conv3, self.bn3, out, residual=identity)
+
+    def _forward(self, x):
         identity = self._shortcut(x)
         out = self._bn_relu_conv(self.bn1, self.conv2, self.conv1(x))
         out = self._bn_relu_conv(self.bn2, self.conv3, out)
         return self._bn_add_relu(self.bn3, out, identity)
+
+
+_RECOMPUTE_MODES = {False: None, None: None, True: "links", "links": "links", "block": "block"}
+
+
+def recompute_mode(memory_efficient):
+    try:
+        return _RECOMPUTE_MODES[memory_efficient]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"memory_efficient must be False, True, 'links' or 'block', got {memory_efficient!r}"
+        ) from None
+
+
+class _RunningStatsKept:
+    """Context of a checkpointed block's recomputation in backward: the forward already
+    updated the running statistics, so the replay must leave them as it found them."""
+
+    def __init__(self, block):
+        self.norms = [m for m in block.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+
+    def __enter__(self):
+        self.saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                      for m in self.norms]
+
+    def __exit__(self, *exc_info):
+        with torch.no_grad():
+            for module, (mean, var, count) in zip(self.norms, self.saved):
+                module.running_mean.copy_(mean)
+                module.running_var.copy_(var)
+                module.num_batches_tracked.copy_(count)
 
 
 def _is_conv_bn(module):

@@ -1,0 +1,165 @@
+"""Whole models: cnnkit's fused builds against eager torch.nn and torch.compile.
+
+Inference (batch 8, NCHW and channels_last, float32, no_grad): the fused model (BN folded
+into each conv, add and ReLU as the conv's epilogue) against the same architecture from
+torch.nn modules, eager, and compiled with torch.compile under inductor's freezing (which
+folds BN into the convs too). Training step (forward, backward, SGD with momentum): fused
+and fused with memory_efficient=True (BN-ReLU recomputed per link) and ="block"
+(checkpointed blocks) against eager, with peak memory.
+
+Targets (issue 4): ResNet-50 channels_last inference >= 1.4x eager and no slower than
+torch.compile with freezing; ResNet-50 training step >= 1.2x eager; the memory-saving
+mode >= 25% less peak memory than eager.
+
+    python benchmarks/bench_models.py                 # everything, writes results/
+    python benchmarks/bench_models.py --models resnet50 --no-compile --no-write
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import git_revision, machine, markdown_table, peak_memory_bytes, record, time_interleaved, write_results  # noqa: E402
+
+from cnnkit.models import get_model, model_info  # noqa: E402
+
+# name -> input size of the benchmark (the model's own) and whether to compile it by default.
+MODELS = {
+    "lenet5": (32, True),
+    "alexnet_original": (227, True),  # the paper's, with LRN (torchvision's has nothing to fuse)
+    "vgg16_bn": (224, False),  # compiling VGG-16 costs minutes of the run's budget
+    "resnet18": (224, True),
+    "resnet50": (224, True),
+}
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+INFERENCE_BATCH = 8
+TRAIN_BATCH = 16
+MB = 2**20
+
+
+def build_pair(name, memory_format, **kwargs):
+    """(eager torch.nn model, fused cnnkit model) with the same weights."""
+    torch.manual_seed(0)
+    eager = get_model(name, fused=False)
+    fused = get_model(name, fused=True, **kwargs)
+    fused.load_state_dict(eager.state_dict())
+    return eager.to(memory_format=memory_format), fused.to(memory_format=memory_format)
+
+
+def no_grad_call(model, input):
+    def run():
+        with torch.no_grad():
+            model(input)
+    return run
+
+
+def compiled_frozen(model, input):
+    """torch.compile with inductor's freezing: weights become constants, BN is folded."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        compiled(input)  # compile now, outside the timed region
+    return no_grad_call(compiled, input)
+
+
+def bench_inference(name, layout, use_compile, rounds):
+    size, _ = MODELS[name]
+    channels = model_info(name).input_size[0]
+    memory_format = LAYOUTS[layout]
+    eager, fused = build_pair(name, memory_format)
+    eager.eval()
+    fused.eval()
+    input = torch.randn(INFERENCE_BATCH, channels, size, size).contiguous(memory_format=memory_format)
+    contenders = {"eager": no_grad_call(eager, input), "cnnkit": no_grad_call(fused, input)}
+    if use_compile:
+        contenders["compile"] = compiled_frozen(eager, input)
+    times = time_interleaved(contenders, rounds=rounds, min_run_time=0.05)
+    peaks = {key: peak_memory_bytes(fn) / MB for key, fn in contenders.items()}
+    shape = tuple(input.shape)
+    op = f"{name} inference"
+    records = [record(op, shape, torch.float32, layout, times["cnnkit"], times["eager"], "eager torch.nn",
+                      ours_peak_mb=round(peaks["cnnkit"], 1), baseline_peak_mb=round(peaks["eager"], 1))]
+    if use_compile:
+        records.append(record(op, shape, torch.float32, layout, times["cnnkit"], times["compile"],
+                              "torch.compile (freezing)", ours_peak_mb=round(peaks["cnnkit"], 1),
+                              baseline_peak_mb=round(peaks["compile"], 1)))
+    return records
+
+
+def training_step(model, input, target):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(input), target).backward()
+        optimizer.step()
+    return step
+
+
+def bench_training(name, layout, rounds):
+    size, _ = MODELS[name]
+    memory_format = LAYOUTS[layout]
+    eager, fused = build_pair(name, memory_format)
+    _, saving_links = build_pair(name, memory_format, memory_efficient=True)
+    _, saving_block = build_pair(name, memory_format, memory_efficient="block")
+    channels = model_info(name).input_size[0]
+    input = torch.randn(TRAIN_BATCH, channels, size, size).contiguous(memory_format=memory_format)
+    target = torch.randint(0, model_info(name).num_classes, (TRAIN_BATCH,))
+    contenders = {
+        "eager": training_step(eager.train(), input, target),
+        "cnnkit": training_step(fused.train(), input, target),
+        "cnnkit memory_efficient=True": training_step(saving_links.train(), input, target),
+        "cnnkit memory_efficient='block'": training_step(saving_block.train(), input, target),
+    }
+    times = time_interleaved(contenders, rounds=rounds, min_run_time=0.05)
+    peaks = {key: peak_memory_bytes(fn) / MB for key, fn in contenders.items()}
+    records = []
+    for ours in list(contenders)[1:]:
+        records.append(record(
+            f"{name} training step ({ours})", tuple(input.shape), torch.float32, layout, times[ours],
+            times["eager"], "eager torch.nn", ours_peak_mb=round(peaks[ours], 1),
+            baseline_peak_mb=round(peaks["eager"], 1),
+            memory_saving=f"{100 * (1 - peaks[ours] / peaks['eager']):.0f}%",
+        ))
+    return records
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--train-models", nargs="*", default=["resnet50"], choices=list(MODELS))
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write results/")
+    args = parser.parse_args(argv)
+
+    print(f"machine: {machine()}, revision {git_revision()}", flush=True)
+    records = []
+    for name in args.models:
+        for layout in LAYOUTS:
+            use_compile = not args.no_compile and MODELS[name][1]
+            records += bench_inference(name, layout, use_compile, args.rounds)
+            print(markdown_table(records[-2:], ["op", "layout", "ours_ms", "baseline", "baseline_ms", "ratio"]),
+                  flush=True)
+    for name in args.train_models:
+        records += bench_training(name, "channels_last", args.rounds)
+        print(markdown_table(records[-3:], ["op", "ours_ms", "baseline_ms", "ratio", "memory_saving"]), flush=True)
+
+    columns = ["op", "shape", "layout", "ours_ms", "baseline", "baseline_ms", "ratio",
+               "ours_peak_mb", "baseline_peak_mb", "memory_saving"]
+    table = markdown_table(records, columns)
+    print(table)
+    if not args.no_write:
+        write_results("bench_models", records, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
