@@ -249,13 +249,13 @@ class Trainer:
         os.makedirs(self.config.output, exist_ok=True)
         old = ckpt.list_checkpoints(self.config.output)
         if old:
-            self.say(f"note: {self.config.output} held an earlier run; starting a new run "
-                     "there (pass --resume to continue the earlier one)")
             for path in old:
                 os.unlink(path)
             for name in ("metrics.jsonl", "metrics.csv", "log.txt", "training.png"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.config.output, name))
+            self.say(f"note: {self.config.output} held an earlier run; starting a new run "
+                     "there (pass --resume to continue the earlier one)")
 
     # ---- training ----------------------------------------------------------------------
 
@@ -355,14 +355,13 @@ class Trainer:
         self.records = None
         self.history, self.elapsed, self.last_checkpoint = [], 0.0, None
         self._build()
+        start_epoch, start_step = 0, 0
+        if self.state is None:
+            self._prepare_output()
         if self.process.is_main:
             self.records = RunRecords(config.output)
-        start_epoch, start_step = 0, 0
         if self.state is not None:
             start_epoch, start_step = self._restore(resume_path, self.state)
-        else:
-            self._prepare_output()
-            self.records = RunRecords(config.output) if self.process.is_main else None
         self.say(f"training {config.model} on {config.dataset} ({len(self.train_set)} train, "
                  f"{len(self.test_set)} test images) for {config.epochs} epochs, batch "
                  f"{config.batch_size}, {config.optimizer}, {config.schedule} schedule, "

@@ -6,10 +6,14 @@ with momentum 0.9, scaled by 100 (0.05, 0.02, 0.005, then 0.001). The paper's ra
 belong to its stochastic diagonal Levenberg-Marquardt method, whose steps are divided by
 a per-parameter curvature estimate; plain SGD needs them scaled up. On the test curve
 the factor 100 beat 200 and Adam scaled by 2 or 4 (benchmarks/results/lenet5_fashion_mnist).
+One thread: LeNet's layers are a few microseconds of work each, less than an OpenMP
+fork-join costs, and on a busy machine a descheduled second thread stalls every layer
+(measured: 3,400 img/s on one thread, 350 on two, with other jobs running).
 """
 
 LENET5 = dict(dataset="fashion-mnist", epochs=12, batch_size=64, optimizer="sgd", lr=0.05,
-              momentum=0.9, weight_decay=0.0, schedule="lenet", lr_scale=100.0, augment="none")
+              momentum=0.9, weight_decay=0.0, schedule="lenet", lr_scale=100.0, augment="none",
+              threads=1)
 # Krizhevsky et al. 2012: SGD, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 when
 # the validation error stops improving; random crops, mirroring, PCA colour noise.
 ALEXNET = dict(dataset="cifar10", epochs=90, batch_size=128, optimizer="sgd", lr=0.01,
