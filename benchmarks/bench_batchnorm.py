@@ -12,6 +12,7 @@ contiguous and channels_last. Also the bytes autograd saves for backward, ours a
 
     python benchmarks/bench_batchnorm.py                # everything, writes results
     python benchmarks/bench_batchnorm.py --quick        # 32x256x28x28 only, no files
+    python benchmarks/bench_batchnorm.py --threads 1    # results per thread count
 """
 
 import argparse
@@ -102,7 +103,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="32x256x28x28 only; print, write nothing")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-run-time", type=float, default=0.2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     records = []
     for shape, with_residual in cases(args.batch, args.quick):
         for channels_last in (False, True):
@@ -111,7 +115,7 @@ def main(argv=None):
     table = harness.markdown_table(records, COLUMNS)
     print(f"\nMachine: {harness.machine()}\n\n{table}")
     if not args.quick:
-        harness.write_results("bench_batchnorm_cpu", records, table)
+        harness.write_results(f"bench_batchnorm_cpu_{torch.get_num_threads()}threads", records, table)
     return 0
 
 

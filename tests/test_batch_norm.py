@@ -137,6 +137,13 @@ def test_shapes_match_torch(shape, channels_last):
     assert_modules_match(ref, ours, x, torch.randn(shape), "leaky_relu", torch.float32)
 
 
+def test_float16_on_cpu_runs_the_reference():
+    ref, ours = make_pair(3, "relu", torch.float16)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float16)
+    torch.testing.assert_close(ours(x), torch.relu(ref(x)), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(ours.running_var, ref.running_var, atol=2e-3, rtol=2e-3)
+
+
 def test_non_dense_input_and_mixed_layouts():
     ref, ours = make_pair(6, "relu", torch.float32)
     x = torch.randn(4, 6, 10, 9)[:, :, ::2, 1:]  # strided view

@@ -53,6 +53,13 @@ def _check(input, running_mean, running_var, weight, bias, residual, training, s
         raise RuntimeError("batch_norm_act: running_mean and running_var must be given when training=False")
 
 
+def _has_kernel(input):
+    # The CPU kernels cover float32, float64 and bfloat16; float16 on CPU runs the reference.
+    if input.device.type == "cpu" and input.dtype == torch.float16:
+        return False
+    return _ops.has_kernel("batch_norm_act", input.device.type)
+
+
 def update_running_stats(running_mean, running_var, mean, var, count, momentum):
     """nn.BatchNorm2d's update: exponential average (factor ``momentum``) of the batch mean
     and the unbiased batch variance. An empty batch leaves them as they are, as torch does."""
@@ -93,11 +100,11 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     synchronised = training and process_group is not None and dist.get_world_size(process_group) > 1
     _check(input, running_mean, running_var, weight, bias, residual, training, synchronised)
     if synchronised:
-        if not _ops.has_kernel("batch_norm_act", input.device.type):
+        if not _has_kernel(input):
             raise NotImplementedError(f"batch_norm_act: no kernel for synchronised batch norm on {input.device.type}")
         return _SyncBatchNormAct.apply(input, weight, bias, residual, running_mean, running_var, momentum,
                                        eps, code, float(negative_slope), process_group)
-    if not _ops.has_kernel("batch_norm_act", input.device.type):
+    if not _has_kernel(input):
         return reference.batch_norm_act(input, running_mean, running_var, weight, bias, training,
                                          momentum, eps, activation, negative_slope, residual)
     if training:
