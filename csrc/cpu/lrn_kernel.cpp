@@ -38,9 +38,30 @@ LrnParams make_params(int convention, int64_t size, double alpha, double beta, d
 
 // ---- s^-beta -------------------------------------------------------------------------
 
+// beta as the power functions see it: AlexNet's 0.75 and the common 0.5 are types, so the
+// vector loops built on them carry no test of beta; any other value is a run-time double.
+struct BetaThreeQuarters {
+  static constexpr double value = 0.75;
+};
+struct BetaHalf {
+  static constexpr double value = 0.5;
+};
+struct BetaAny {
+  double value;
+};
+
+// Calls body(beta) with beta as one of the types above.
+template <typename Body>
+void dispatch_beta(double beta, const Body& body) {
+  if (beta == BetaThreeQuarters::value) return body(BetaThreeQuarters{});
+  if (beta == BetaHalf::value) return body(BetaHalf{});
+  body(BetaAny{beta});
+}
+
 // s^-beta, with AlexNet's beta = 0.75 (and 0.5) done in square roots, far cheaper than pow.
-template <typename Vec>
-inline Vec exact_pow_neg_beta(const Vec& s, double beta) {
+template <typename Vec, typename Beta>
+inline Vec exact_pow_neg_beta(const Vec& s, const Beta& b) {
+  const double beta = b.value;
   using T = typename Vec::value_type;
   if (beta == 0.75) {
     const Vec root = s.sqrt();
@@ -50,8 +71,9 @@ inline Vec exact_pow_neg_beta(const Vec& s, double beta) {
   return s.pow(Vec(T(-beta)));
 }
 
-template <typename T>
-inline T pow_neg_beta_scalar(T s, double beta) {
+template <typename T, typename Beta>
+inline T pow_neg_beta_scalar(T s, const Beta& b) {
+  const double beta = b.value;
   if (beta == 0.75) return T(1) / (std::sqrt(s) * std::sqrt(std::sqrt(s)));
   if (beta == 0.5) return T(1) / std::sqrt(s);
   return lrn::power(s, T(-beta));
@@ -103,8 +125,9 @@ inline at::vec::Vectorized<float> fast_pow_neg_three_quarters(const at::vec::Vec
 #endif
 
 // s^-beta, and s^(-beta-1) for the backward, of a vector of scales s = k + a * sum.
-template <typename Vec>
-inline Vec pow_neg_beta_vec(const Vec& s, double beta) {
+template <typename Vec, typename Beta>
+inline Vec pow_neg_beta_vec(const Vec& s, const Beta& b) {
+  const double beta = b.value;
 #ifdef CNNKIT_LRN_FAST_RSQRT
   if constexpr (std::is_same_v<Vec, at::vec::Vectorized<float>>) {
     if ((beta == 0.75 || beta == 0.5) && fast_rsqrt_domain(s)) {
@@ -118,11 +141,12 @@ inline Vec pow_neg_beta_vec(const Vec& s, double beta) {
     }
   }
 #endif
-  return exact_pow_neg_beta(s, beta);
+  return exact_pow_neg_beta(s, b);
 }
 
-template <typename Vec>
-inline void pow_neg_beta_and_next_vec(const Vec& s, double beta, Vec& pow_neg_beta, Vec& pow_next) {
+template <typename Vec, typename Beta>
+inline void pow_neg_beta_and_next_vec(const Vec& s, const Beta& b, Vec& pow_neg_beta, Vec& pow_next) {
+  const double beta = b.value;
 #ifdef CNNKIT_LRN_FAST_RSQRT
   if constexpr (std::is_same_v<Vec, at::vec::Vectorized<float>>) {
     if ((beta == 0.75 || beta == 0.5) && fast_rsqrt_domain(s)) {
@@ -133,7 +157,7 @@ inline void pow_neg_beta_and_next_vec(const Vec& s, double beta, Vec& pow_neg_be
     }
   }
 #endif
-  pow_neg_beta = exact_pow_neg_beta(s, beta);
+  pow_neg_beta = exact_pow_neg_beta(s, b);
   pow_next = pow_neg_beta / s;
 }
 
@@ -276,20 +300,22 @@ void forward_block(const in_t* x, int64_t x_stride, out_t* y, int64_t y_stride, 
   const SquaredRow<in_t> squares{x, x_stride};
   RowWindowSums<acc_t, SquaredRow<in_t>> sums(C, prm.window.before, prm.window.after, len, squares,
                                              window_scratch);
-  for (int64_t c = 0; c < C; ++c) {
-    sums.advance();
-    const in_t* xr = x + c * x_stride;
-    out_t* yr = y + c * y_stride;
-    int64_t p = 0;
-    for (; p + V <= len; p += V) {
-      const Vec s = at::vec::fmadd(Vec(a), sums.sum(p), Vec(k));
-      store_opmath(yr + p, load_opmath(xr + p) * pow_neg_beta_vec(s, prm.beta));
+  dispatch_beta(prm.beta, [&](const auto& beta) {
+    for (int64_t c = 0; c < C; ++c) {
+      sums.advance();
+      const in_t* xr = x + c * x_stride;
+      out_t* yr = y + c * y_stride;
+      int64_t p = 0;
+      for (; p + V <= len; p += V) {
+        const Vec s = at::vec::fmadd(Vec(a), sums.sum(p), Vec(k));
+        store_opmath(yr + p, load_opmath(xr + p) * pow_neg_beta_vec(s, beta));
+      }
+      for (; p < len; ++p) {
+        const acc_t s = lrn::scale<acc_t>(k, a, sums.sum_scalar(p));
+        yr[p] = static_cast<out_t>(lrn::output<acc_t>(xr[p], pow_neg_beta_scalar(s, beta)));
+      }
     }
-    for (; p < len; ++p) {
-      const acc_t s = lrn::scale<acc_t>(k, a, sums.sum_scalar(p));
-      yr[p] = static_cast<out_t>(lrn::output<acc_t>(xr[p], pow_neg_beta_scalar(s, prm.beta)));
-    }
-  }
+  });
 }
 
 // The backward's per-block scratch: the window sums', and C rows each of s^-beta and of
@@ -313,26 +339,28 @@ void backward_block(const in_t* g, const in_t* x, int64_t in_stride, out_t* gx, 
   const SquaredRow<in_t> squares{x, in_stride};
   RowWindowSums<acc_t, SquaredRow<in_t>> square_sums(C, prm.window.before, prm.window.after, len,
                                                     squares, scratch.window);
-  for (int64_t c = 0; c < C; ++c) {  // pass 1: s^-beta and g x s^(-beta-1)
-    square_sums.advance();
-    const in_t* xr = x + c * in_stride;
-    const in_t* gr = g + c * in_stride;
-    acc_t* spb_r = scratch.pow_neg_beta + c * scratch.stride;
-    acc_t* term_r = scratch.term + c * scratch.stride;
-    int64_t p = 0;
-    for (; p + V <= len; p += V) {
-      const Vec s = at::vec::fmadd(Vec(a), square_sums.sum(p), Vec(k));
-      Vec f, f_over_s;
-      pow_neg_beta_and_next_vec(s, prm.beta, f, f_over_s);
-      f.store(spb_r + p);
-      (load_opmath(gr + p) * load_opmath(xr + p) * f_over_s).store(term_r + p);
+  dispatch_beta(prm.beta, [&](const auto& beta) {
+    for (int64_t c = 0; c < C; ++c) {  // pass 1: s^-beta and g x s^(-beta-1)
+      square_sums.advance();
+      const in_t* xr = x + c * in_stride;
+      const in_t* gr = g + c * in_stride;
+      acc_t* spb_r = scratch.pow_neg_beta + c * scratch.stride;
+      acc_t* term_r = scratch.term + c * scratch.stride;
+      int64_t p = 0;
+      for (; p + V <= len; p += V) {
+        const Vec s = at::vec::fmadd(Vec(a), square_sums.sum(p), Vec(k));
+        Vec f, f_over_s;
+        pow_neg_beta_and_next_vec(s, beta, f, f_over_s);
+        f.store(spb_r + p);
+        (load_opmath(gr + p) * load_opmath(xr + p) * f_over_s).store(term_r + p);
+      }
+      for (; p < len; ++p) {
+        const acc_t s = lrn::scale<acc_t>(k, a, square_sums.sum_scalar(p));
+        spb_r[p] = pow_neg_beta_scalar(s, beta);
+        term_r[p] = lrn::backward_term<acc_t>(gr[p], xr[p], s, spb_r[p]);
+      }
     }
-    for (; p < len; ++p) {
-      const acc_t s = lrn::scale<acc_t>(k, a, square_sums.sum_scalar(p));
-      spb_r[p] = pow_neg_beta_scalar(s, prm.beta);
-      term_r[p] = lrn::backward_term<acc_t>(gr[p], xr[p], s, spb_r[p]);
-    }
-  }
+  });
   const ScratchRow<acc_t> terms{scratch.term, scratch.stride};
   RowWindowSums<acc_t, ScratchRow<acc_t>> term_sums(C, prm.window.after, prm.window.before, len,
                                                     terms, scratch.window);
@@ -419,8 +447,9 @@ int64_t tile_positions(int64_t rows_per_position) {
   return std::min(kMaxTile, fits / V * V);
 }
 
-// Runs body(first_position, positions, scratch) over tiles of consecutive positions of the
-// (N * S, C) channels-last tensor in parallel; each thread owns `scratch_size(tile)` opmath
+// Runs body(first_position, positions, has_next, scratch) over tiles of consecutive
+// positions of the (N * S, C) channels-last tensor in parallel; `has_next` tells whether
+// the same thread takes the following tile next; each thread owns `scratch_size` opmath
 // values of scratch.
 template <typename acc_t, typename Body>
 void for_each_tile(const LrnLayout& shape, int64_t tile, int64_t scratch_size, const Body& body) {
@@ -429,7 +458,7 @@ void for_each_tile(const LrnLayout& shape, int64_t tile, int64_t scratch_size, c
     std::vector<acc_t> scratch(scratch_size);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * tile;
-      body(first, std::min(tile, total - first), scratch.data());
+      body(first, std::min(tile, total - first), t + 1 < end, scratch.data());
     }
   });
 }
@@ -441,12 +470,14 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, const LrnLayout& shap
   const int64_t C = shape.channels, W = prm.width();
   // Per position: the tile's input rows, output rows and bfloat16 staging; plus the window.
   const int64_t P = tile_positions<acc_t>(3 * C + W + 1);
-  for_each_tile<acc_t>(shape, P, (3 * C + W + 1) * P, [&](int64_t first, int64_t len, acc_t* scratch) {
+  for_each_tile<acc_t>(shape, P, (3 * C + W + 1) * P, [&](int64_t first, int64_t len, bool has_next,
+                                                         acc_t* scratch) {
     acc_t* xt = scratch;
     acc_t* yt = xt + C * P;
     acc_t* staging = yt + C * P;
     acc_t* window = staging + C * P;
-    load_channel_rows(x + first * C, len, C, xt, P, staging);
+    const scalar_t* tile_x = x + first * C;
+    load_channel_rows(tile_x, len, C, xt, P, staging, has_next ? tile_x + P * C : nullptr);
     forward_block(xt, P, yt, P, C, len, prm, window);
     store_channel_rows(yt, P, len, C, y + first * C, staging);
   });
@@ -459,7 +490,8 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   const int64_t C = shape.channels, W = prm.width();
   // Per position: rows of g, x, s^-beta, the terms, the result and bfloat16 staging.
   const int64_t P = tile_positions<acc_t>(6 * C + W + 1);
-  for_each_tile<acc_t>(shape, P, (6 * C + W + 1) * P, [&](int64_t first, int64_t len, acc_t* scratch) {
+  for_each_tile<acc_t>(shape, P, (6 * C + W + 1) * P, [&](int64_t first, int64_t len, bool has_next,
+                                                         acc_t* scratch) {
     acc_t* gt = scratch;
     acc_t* xt = gt + C * P;
     acc_t* out = xt + C * P;
@@ -467,8 +499,9 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     acc_t* window = staging + C * P;
     acc_t* spb = window + (W + 1) * P;
     const BackwardScratch<acc_t> rows{window, spb, spb + C * P, P};
-    load_channel_rows(g + first * C, len, C, gt, P, staging);
-    load_channel_rows(x + first * C, len, C, xt, P, staging);
+    const int64_t next = has_next ? P * C : 0;
+    load_channel_rows(g + first * C, len, C, gt, P, staging, has_next ? g + first * C + next : nullptr);
+    load_channel_rows(x + first * C, len, C, xt, P, staging, has_next ? x + first * C + next : nullptr);
     backward_block(gt, xt, P, out, P, C, len, prm, rows);
     store_channel_rows(out, P, len, C, gx + first * C, staging);
   });
