@@ -68,7 +68,9 @@ def eval_case(cin, cout, kernel, size, layout, batch, rounds):
         "eager": no_grad(lambda: eager(x)),
         "fuse_conv_bn_eval": no_grad(lambda: F.relu(folded(x), inplace=True)),
         "bare_conv": no_grad(lambda: F.conv2d(x, w, b, 1, pad)),
-        "onednn_postop": no_grad(lambda: torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, "relu", [], "")),
+        "onednn_postop": no_grad(
+            lambda: torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, "relu", [], "")
+        ),
         "conv_relu_": no_grad(lambda: F.conv2d(x, w, b, 1, pad).relu_()),
     }
     ms = harness.time_interleaved(fns, rounds=rounds)
@@ -83,8 +85,16 @@ def eval_case(cin, cout, kernel, size, layout, batch, rounds):
         "peak_mb": round(harness.peak_memory_bytes(fns["cnnkit"]) / 2**20, 1),
         "baseline_peak_mb": round(harness.peak_memory_bytes(fns["eager"]) / 2**20, 1),
     }
-    return harness.record("conv_bn_relu", (batch, cin, size, size, cout, kernel), x.dtype, layout,
-                          ms["cnnkit"], ms["eager"], "Conv2d->BatchNorm2d->ReLU (eager)", **extra)
+    return harness.record(
+        "conv_bn_relu",
+        (batch, cin, size, size, cout, kernel),
+        x.dtype,
+        layout,
+        ms["cnnkit"],
+        ms["eager"],
+        "Conv2d->BatchNorm2d->ReLU (eager)",
+        **extra,
+    )
 
 
 def forward_backward(module, x, grad):
@@ -110,15 +120,25 @@ def train_case(cin, cout, kernel, size, layout, batch, rounds):
         "peak_mb": round(harness.peak_memory_bytes(fns["cnnkit"]) / 2**20, 1),
         "baseline_peak_mb": round(harness.peak_memory_bytes(fns["eager"]) / 2**20, 1),
     }
-    return harness.record("conv_bn_relu", (batch, cin, size, size, cout, kernel), x.dtype, layout,
-                          ms["cnnkit"], ms["eager"], "Conv2d->BatchNorm2d->ReLU (eager)", **extra)
+    return harness.record(
+        "conv_bn_relu",
+        (batch, cin, size, size, cout, kernel),
+        x.dtype,
+        layout,
+        ms["cnnkit"],
+        ms["eager"],
+        "Conv2d->BatchNorm2d->ReLU (eager)",
+        **extra,
+    )
 
 
 def memory_saving_case(cin, cout, kernel, size, layout, batch, rounds):
     """BN(cin) -> ReLU -> conv(cin -> cout): the link inside a ResNet block."""
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     bn = nn.BatchNorm2d(cin)
-    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False).to(memory_format=memory_format)
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False).to(
+        memory_format=memory_format
+    )
     x = torch.randn(batch, cin, size, size).to(memory_format=memory_format).requires_grad_()
     grad = torch.randn(batch, cout, size, size).to(memory_format=memory_format)
 
@@ -130,7 +150,10 @@ def memory_saving_case(cin, cout, kernel, size, layout, batch, rounds):
 
         return run
 
-    forwards = {"cnnkit": lambda: bn_act_conv(bn, conv, x), "eager": lambda: conv(torch.relu(bn(x)))}
+    forwards = {
+        "cnnkit": lambda: bn_act_conv(bn, conv, x),
+        "eager": lambda: conv(torch.relu(bn(x))),
+    }
     ms = harness.time_interleaved({name: step(f) for name, f in forwards.items()}, rounds=rounds)
     saved = {name: harness.saved_tensor_bytes(f) for name, f in forwards.items()}
     extra = {
@@ -138,31 +161,79 @@ def memory_saving_case(cin, cout, kernel, size, layout, batch, rounds):
         "saved_mb": round(saved["cnnkit"] / 2**20, 2),
         "baseline_saved_mb": round(saved["eager"] / 2**20, 2),
     }
-    return harness.record("bn_act_conv2d", (batch, cin, size, size, cout, kernel), x.dtype, layout,
-                          ms["cnnkit"], ms["eager"], "BatchNorm2d->ReLU->Conv2d (eager)", **extra)
+    return harness.record(
+        "bn_act_conv2d",
+        (batch, cin, size, size, cout, kernel),
+        x.dtype,
+        layout,
+        ms["cnnkit"],
+        ms["eager"],
+        "BatchNorm2d->ReLU->Conv2d (eager)",
+        **extra,
+    )
 
 
-EVAL_COLUMNS = ["shape", "layout", "ours_ms", "baseline_ms", "ratio", "fuse_conv_bn_eval_ms",
-                "vs_fuse_conv_bn_eval", "floor_ms", "x_floor", "onednn_postop_ms", "conv_relu_ms",
-                "peak_mb", "baseline_peak_mb"]
-TRAIN_COLUMNS = ["shape", "layout", "mode", "ours_ms", "baseline_ms", "ratio", "peak_mb", "baseline_peak_mb"]
-MEMORY_COLUMNS = ["shape", "layout", "ours_ms", "baseline_ms", "ratio", "saved_mb", "baseline_saved_mb"]
+EVAL_COLUMNS = [
+    "shape",
+    "layout",
+    "ours_ms",
+    "baseline_ms",
+    "ratio",
+    "fuse_conv_bn_eval_ms",
+    "vs_fuse_conv_bn_eval",
+    "floor_ms",
+    "x_floor",
+    "onednn_postop_ms",
+    "conv_relu_ms",
+    "peak_mb",
+    "baseline_peak_mb",
+]
+TRAIN_COLUMNS = [
+    "shape",
+    "layout",
+    "mode",
+    "ours_ms",
+    "baseline_ms",
+    "ratio",
+    "peak_mb",
+    "baseline_peak_mb",
+]
+MEMORY_COLUMNS = [
+    "shape",
+    "layout",
+    "ours_ms",
+    "baseline_ms",
+    "ratio",
+    "saved_mb",
+    "baseline_saved_mb",
+]
 
 
 SECTIONS = {
     "eval": ("eval (no_grad)", eval_case, EVAL_COLUMNS),
     "train": ("train step (forward + backward)", train_case, TRAIN_COLUMNS),
-    "memory": ("memory-saving BN -> ReLU -> conv (forward + backward)", memory_saving_case, MEMORY_COLUMNS),
+    "memory": (
+        "memory-saving BN -> ReLU -> conv (forward + backward)",
+        memory_saving_case,
+        MEMORY_COLUMNS,
+    ),
 }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 2, fewer rounds")
-    parser.add_argument("--output", help="directory for bench_conv_bn.json/.md (default benchmarks/results)")
+    parser.add_argument(
+        "--output", help="directory for bench_conv_bn.json/.md (default benchmarks/results)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
-                        help="which tables to measure (default: all)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=list(SECTIONS),
+        default=list(SECTIONS),
+        help="which tables to measure (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,10 +256,12 @@ def main(argv=None):
         all_records += records
     # Shared machines: the load says how much the figures may be disturbed.
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    header = (f"batch {batch}, float32, git {harness.git_revision()}, BN-act op: "
-              f"{'compiled kernel' if bn_kernel else 'reference fallback'}, "
-              f"load average at the end {load} on {os.cpu_count()} CPUs.\n"
-              "ratio = eager / ours (> 1: ours faster); x_floor = ours / bare convolution.\n\n")
+    header = (
+        f"batch {batch}, float32, git {harness.git_revision()}, BN-act op: "
+        f"{'compiled kernel' if bn_kernel else 'reference fallback'}, "
+        f"load average at the end {load} on {os.cpu_count()} CPUs.\n"
+        "ratio = eager / ours (> 1: ours faster); x_floor = ours / bare convolution.\n\n"
+    )
     name = "bench_conv_bn" + (f"_{args.threads}thread" if args.threads else "")
     if args.sections != list(SECTIONS):
         name += "_" + "_".join(args.sections)

@@ -11,12 +11,24 @@ from torch import nn
 from cnnkit.functional import conv2d_bias_act
 from cnnkit.nn import ConvBNReLU2d
 
-TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10),
-       torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+TOL = {
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.bfloat16: dict(rtol=3e-2, atol=5e-2),
+}
 
 CONFIGS = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
-    dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=2, dilation=2, groups=2, bias=True),
+    dict(
+        in_channels=4,
+        out_channels=6,
+        kernel_size=3,
+        stride=2,
+        padding=2,
+        dilation=2,
+        groups=2,
+        bias=True,
+    ),
     dict(in_channels=8, out_channels=4, kernel_size=1),
 ]
 ACTIVATIONS = ["relu", "leaky_relu", None]
@@ -47,7 +59,7 @@ def to_layout(x, layout):
 
 def assert_state_equal(ours, eager, **tol):
     for (key, mine), (_, theirs) in zip(ours.state_dict().items(), eager.state_dict().items()):
-        torch.testing.assert_close(mine, theirs, **tol, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(mine, theirs, **tol, msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -161,7 +173,12 @@ def test_empty_batch(training):
 def test_state_dict_keys_and_loading():
     ours = ConvBNReLU2d(3, 8, 3, bias=True)
     assert list(ours.state_dict()) == [
-        "conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+        "conv.weight",
+        "conv.bias",
+        "bn.weight",
+        "bn.bias",
+        "bn.running_mean",
+        "bn.running_var",
         "bn.num_batches_tracked",
     ]
     source = nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU())
@@ -196,7 +213,9 @@ def test_cache_is_reused_and_invalidated():
     x = torch.randn(2, 4, 9, 9)
 
     def check():
-        torch.testing.assert_close(eval_output(ours, x), eval_output(eager, x), **TOL[torch.float32])
+        torch.testing.assert_close(
+            eval_output(ours, x), eval_output(eager, x), **TOL[torch.float32]
+        )
 
     check()
     cached = ours._folded[1]
@@ -213,7 +232,9 @@ def test_cache_is_reused_and_invalidated():
     with torch.no_grad():
         other.bn.running_var.fill_(3.0)
     ours.load_state_dict(other.state_dict())
-    eager.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): v for k, v in other.state_dict().items()})
+    eager.load_state_dict(
+        {k.replace("conv.", "0.").replace("bn.", "1."): v for k, v in other.state_dict().items()}
+    )
     check()
 
     ours.bn.eps = eager[1].eps = 0.5
@@ -260,12 +281,21 @@ def test_copies_do_not_share_the_cache():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_from_torch_keeps_the_modules_state(training):
-    conv, bn = nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(5, momentum=None)
+    conv, bn = (
+        nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect"),
+        nn.BatchNorm2d(5, momentum=None),
+    )
     with torch.no_grad():
         bn.running_mean.normal_(), bn.weight.normal_()
     eager = nn.Sequential(copy.deepcopy(conv), copy.deepcopy(bn), nn.LeakyReLU(0.2)).train(training)
-    fused = ConvBNReLU2d.from_torch(conv, bn, activation="leaky_relu", negative_slope=0.2).train(training)
-    assert fused.conv is conv and fused.bn.weight is bn.weight and fused.bn.running_var is bn.running_var
+    fused = ConvBNReLU2d.from_torch(conv, bn, activation="leaky_relu", negative_slope=0.2).train(
+        training
+    )
+    assert (
+        fused.conv is conv
+        and fused.bn.weight is bn.weight
+        and fused.bn.running_var is bn.running_var
+    )
     x = torch.randn(2, 3, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), eager(x), **TOL[torch.float32])
@@ -321,12 +351,16 @@ def test_conv2d_bias_act_fused_call(layout, with_residual, activation, dtype):
     expected = F.conv2d(x.float(), w.float(), b.float(), 2, 1, 1, 2)
     if with_residual:
         expected = expected + residual.float()
-    expected = {"relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, 0.1), None: lambda t: t}[activation](expected)
+    expected = {"relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, 0.1), None: lambda t: t}[
+        activation
+    ](expected)
     with torch.no_grad():
         got = conv2d_bias_act(x, w, b, 2, 1, 1, 2, activation, 0.1, residual)
     torch.testing.assert_close(got.float(), expected, **TOL[dtype])
     assert got.dtype == dtype
-    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    assert got.is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
 
 
 @pytest.mark.slow
@@ -361,4 +395,6 @@ def test_cuda_train_and_eval_match_eager(layout, dtype):
     ours.eval(), eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(x), eager(x), **tol)
-        torch.testing.assert_close(ours(x, residual), torch.relu(eager[1](eager[0](x)) + residual), **tol)
+        torch.testing.assert_close(
+            ours(x, residual), torch.relu(eager[1](eager[0](x)) + residual), **tol
+        )

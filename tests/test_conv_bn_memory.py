@@ -45,8 +45,9 @@ def test_gradcheck_float64(training, activation, layout, bn_backend):
     conv = dict(stride=2, padding=1, groups=2)
 
     def function(x, g, b, w, cb):  # fresh running stats: each call updates them in training
-        return bn_act_conv2d(x, rm.clone(), rv.clone(), g, b, w, cb, training, 0.1, 1e-5,
-                             activation, 0.2, **conv)
+        return bn_act_conv2d(
+            x, rm.clone(), rv.clone(), g, b, w, cb, training, 0.1, 1e-5, activation, 0.2, **conv
+        )
 
     assert torch.autograd.gradcheck(function, (x, g, b, w, cb), fast_mode=True)
 
@@ -56,7 +57,7 @@ def test_gradcheck_float64(training, activation, layout, bn_backend):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 def test_matches_eager_with_running_stats(affine, training, layout, dtype, bn_backend):
-    rm, rv, g, b, w, cb = bn_conv_args(dtype=torch.float32, bias=False)
+    rm, rv, g, b, w, _ = bn_conv_args(dtype=torch.float32, bias=False)
     if not affine:
         g = b = None
     w = w.detach().to(dtype).requires_grad_()
@@ -65,9 +66,12 @@ def test_matches_eager_with_running_stats(affine, training, layout, dtype, bn_ba
         x = x.to(memory_format=torch.channels_last)
     rm_ref, rv_ref = rm.clone(), rv.clone()
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours = bn_act_conv2d(x_ours, rm, rv, g, b, w, None, training, 0.3, 1e-5, "relu", padding=1, groups=2)
-    expected = reference.bn_act_conv2d(x_ref, rm_ref, rv_ref, g, b, w, None, training, 0.3, 1e-5, "relu",
-                                       padding=1, groups=2)
+    ours = bn_act_conv2d(
+        x_ours, rm, rv, g, b, w, None, training, 0.3, 1e-5, "relu", padding=1, groups=2
+    )
+    expected = reference.bn_act_conv2d(
+        x_ref, rm_ref, rv_ref, g, b, w, None, training, 0.3, 1e-5, "relu", padding=1, groups=2
+    )
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=1e-1)
     torch.testing.assert_close(ours, expected, **tol)
     torch.testing.assert_close(rm, rm_ref), torch.testing.assert_close(rv, rv_ref)
@@ -85,8 +89,9 @@ def test_matches_eager_with_running_stats(affine, training, layout, dtype, bn_ba
 def test_module_helper_matches_nn_modules(momentum, track_running_stats):
     bn = nn.BatchNorm2d(4, momentum=momentum, track_running_stats=track_running_stats)
     conv = nn.Conv2d(4, 5, 3, padding=1, bias=False)
-    bn_ref, conv_ref = nn.BatchNorm2d(4, momentum=momentum, track_running_stats=track_running_stats), nn.Conv2d(
-        4, 5, 3, padding=1, bias=False
+    bn_ref, conv_ref = (
+        nn.BatchNorm2d(4, momentum=momentum, track_running_stats=track_running_stats),
+        nn.Conv2d(4, 5, 3, padding=1, bias=False),
     )
     bn_ref.load_state_dict(bn.state_dict()), conv_ref.load_state_dict(conv.state_dict())
     for step in range(3):
@@ -183,8 +188,9 @@ def test_compile_fullgraph():
     rm_ref, rv_ref = rm.clone(), rv.clone()
     compiled = torch.compile(bn_act_conv2d, fullgraph=True)
     out = compiled(x, rm, rv, g, b, w, cb, True, 0.1, 1e-5, "relu", 0.01, 1, 1, 1, 2)
-    expected = reference.bn_act_conv2d(x, rm_ref, rv_ref, g, b, w, cb, True, 0.1, 1e-5, "relu",
-                                       padding=1, groups=2)
+    expected = reference.bn_act_conv2d(
+        x, rm_ref, rv_ref, g, b, w, cb, True, 0.1, 1e-5, "relu", padding=1, groups=2
+    )
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rm, rm_ref)
     got = torch.autograd.grad(out.square().sum(), [x, g, w])
@@ -197,13 +203,16 @@ def test_compile_fullgraph():
 @pytest.mark.parametrize("training", [True, False])
 @torch.backends.cudnn.flags(enabled=True, allow_tf32=False)  # TF32 would blur the comparison
 def test_cuda_matches_eager(training):
-    rm, rv, g, b, w, cb = (t.detach().cuda().float() if t is not None else None for t in bn_conv_args())
+    rm, rv, g, b, w, cb = (
+        t.detach().cuda().float() if t is not None else None for t in bn_conv_args()
+    )
     g.requires_grad_(), w.requires_grad_()
     x = torch.randn(4, 6, 9, 9, device="cuda", requires_grad=True)
     rm_ref, rv_ref = rm.clone(), rv.clone()
     out = bn_act_conv2d(x, rm, rv, g, b, w, cb, training, 0.1, 1e-5, "relu", padding=1, groups=2)
-    expected = reference.bn_act_conv2d(x, rm_ref, rv_ref, g, b, w, cb, training, 0.1, 1e-5, "relu",
-                                       padding=1, groups=2)
+    expected = reference.bn_act_conv2d(
+        x, rm_ref, rv_ref, g, b, w, cb, training, 0.1, 1e-5, "relu", padding=1, groups=2
+    )
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rm, rm_ref), torch.testing.assert_close(rv, rv_ref)
     got = torch.autograd.grad(out.square().sum(), [x, g, w])

@@ -83,7 +83,8 @@ def _fusable(input, weight, bias, residual, stride, padding, dilation):
     if _needs_grad(input, weight, bias, residual):
         return False
     return residual is None or residual.shape == _conv_output_shape(
-        input, weight, _pair(stride), _pair(padding), _pair(dilation))
+        input, weight, _pair(stride), _pair(padding), _pair(dilation)
+    )
 
 
 def _onednn_applies(input, residual, activation):
@@ -105,8 +106,11 @@ def _onednn_applies(input, residual, activation):
     if residual is not None:
         # torch's binary entry point takes no leaky_relu after the add ("undefined"), and
         # for some bfloat16 shapes falls back to at::add_relu, which has no bfloat16 kernel.
-        return (activation in _ONEDNN_RESIDUAL_ACTIVATIONS and input.dtype == torch.float32
-                and residual.is_contiguous(memory_format=layout))
+        return (
+            activation in _ONEDNN_RESIDUAL_ACTIVATIONS
+            and input.dtype == torch.float32
+            and residual.is_contiguous(memory_format=layout)
+        )
     return True
 
 
@@ -120,9 +124,13 @@ def _dense_layout(input):
 
 def _cudnn_applies(input, residual, activation):
     """True if cuDNN's fused convolution + bias (+ add) + ReLU applies."""
-    return (input.device.type == "cuda" and activation == "relu"
-            and input.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled)
+    return (
+        input.device.type == "cuda"
+        and activation == "relu"
+        and input.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and torch.backends.cudnn.is_available()
+        and torch.backends.cudnn.enabled
+    )
 
 
 def _onednn_unary(activation, negative_slope):
@@ -131,8 +139,18 @@ def _onednn_unary(activation, negative_slope):
     return activation, ([negative_slope] if activation == "leaky_relu" else [])
 
 
-def conv2d_bias_act(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                    activation="relu", negative_slope=0.01, residual=None):
+def conv2d_bias_act(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    activation="relu",
+    negative_slope=0.01,
+    residual=None,
+):
     """act(conv2d(input, weight, bias, stride, padding, dilation, groups) [+ residual]).
 
     Without autograd, this is one vendor call with the bias, the residual add and the
@@ -148,11 +166,20 @@ def conv2d_bias_act(input, weight, bias=None, stride=1, padding=0, dilation=1, g
             onednn_args = (args[1], args[0], args[2], groups)  # oneDNN's order: padding first
             unary, scalars = _onednn_unary(activation, negative_slope)
             if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(input, weight, bias, *onednn_args, unary,
-                                                               scalars, "")
+                return torch.ops.mkldnn._convolution_pointwise(
+                    input, weight, bias, *onednn_args, unary, scalars, ""
+                )
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                input, residual, weight, bias, *onednn_args, "add", None,
-                None if unary == "none" else unary, [], None,
+                input,
+                residual,
+                weight,
+                bias,
+                *onednn_args,
+                "add",
+                None,
+                None if unary == "none" else unary,
+                [],
+                None,
             )
         if _cudnn_applies(input, residual, activation):
             if residual is None:
@@ -162,10 +189,14 @@ def conv2d_bias_act(input, weight, bias=None, stride=1, padding=0, dilation=1, g
     if residual is not None:
         # The same rules as cnnkit.functional.batch_norm_act's residual: no broadcasting.
         if residual.shape != out.shape:
-            raise ValueError(f"conv2d_bias_act: residual must have the output's shape {tuple(out.shape)}, "
-                             f"got {tuple(residual.shape)}")
+            raise ValueError(
+                f"conv2d_bias_act: residual must have the output's shape {tuple(out.shape)}, "
+                f"got {tuple(residual.shape)}"
+            )
         if residual.dtype != out.dtype:
-            raise TypeError(f"conv2d_bias_act: residual has dtype {residual.dtype} but the output has {out.dtype}")
+            raise TypeError(
+                f"conv2d_bias_act: residual has dtype {residual.dtype} but the output has {out.dtype}"
+            )
         out = out.add_(residual)
     return apply_activation_(out, activation, negative_slope)
 
@@ -180,10 +211,13 @@ def _check_bn_act_conv_input(input, running_mean, running_var, conv_weight, grou
     channels = input.size(1)
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         if stat is not None and stat.numel() != channels:
-            raise RuntimeError(f"bn_act_conv2d: {name} should contain {channels} elements not {stat.numel()}")
-    if running_mean is None or running_var is None:
-        if not training:
-            raise ValueError("bn_act_conv2d: running_mean and running_var are required when training=False")
+            raise RuntimeError(
+                f"bn_act_conv2d: {name} should contain {channels} elements not {stat.numel()}"
+            )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            "bn_act_conv2d: running_mean and running_var are required when training=False"
+        )
     if conv_weight.dim() != 4 or conv_weight.size(1) * groups != channels:
         raise RuntimeError(
             f"bn_act_conv2d: conv_weight of size {tuple(conv_weight.shape)} with groups={groups} "
@@ -193,13 +227,16 @@ def _check_bn_act_conv_input(input, running_mean, running_var, conv_weight, grou
     if training:
         values_per_channel = input.size(0) * input.size(2) * input.size(3)
         if values_per_channel == 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {input.size()}"
+            )
 
 
 def _use_kernels(input, bn_weight, bn_bias):
     """cnnkit's BN-act kernels apply: compiled for this device, one dtype throughout."""
     return _ops.has_kernel("batch_norm_act", input.device.type) and all(
-        t is None or t.dtype == input.dtype for t in (bn_weight, bn_bias))
+        t is None or t.dtype == input.dtype for t in (bn_weight, bn_bias)
+    )
 
 
 def _batch_stats(input, running_mean, running_var, momentum, kernels):
@@ -207,7 +244,9 @@ def _batch_stats(input, running_mean, running_var, momentum, kernels):
     as batch_norm does (unbiased running variance)."""
     if kernels:
         mean, var = torch.ops.cnnkit.batch_norm_stats(input)
-        update_running_stats(running_mean, running_var, mean, var, input.numel() // input.size(1), momentum)
+        update_running_stats(
+            running_mean, running_var, mean, var, input.numel() // input.size(1), momentum
+        )
         return mean, var
     return torch.batch_norm_update_stats(input, running_mean, running_var, momentum)
 
@@ -216,8 +255,17 @@ def _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope,
     """act(BN(input)) from per-channel mean and 1/std: the same ops in forward and in the
     backward recomputation, so the recomputed activation mask equals the forward one."""
     if kernels:
-        return torch.ops.cnnkit.batch_norm_act(input, bn_weight, bn_bias, None, mean, invstd, False,
-                                               activation_code(activation), negative_slope)[0]
+        return torch.ops.cnnkit.batch_norm_act(
+            input,
+            bn_weight,
+            bn_bias,
+            None,
+            mean,
+            invstd,
+            False,
+            activation_code(activation),
+            negative_slope,
+        )[0]
     scale = invstd if bn_weight is None else invstd * bn_weight.to(invstd.dtype)
     shift = -mean * scale if bn_bias is None else bn_bias.to(invstd.dtype) - mean * scale
     view = (1, -1, 1, 1)
@@ -233,8 +281,25 @@ class _BNActConv2d(torch.autograd.Function):
     one for normalise + act, and the two-pass backward op), otherwise on torch ops."""
 
     @staticmethod
-    def forward(ctx, input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias,
-                training, momentum, eps, activation, negative_slope, stride, padding, dilation, groups):
+    def forward(
+        ctx,
+        input,
+        running_mean,
+        running_var,
+        bn_weight,
+        bn_bias,
+        conv_weight,
+        conv_bias,
+        training,
+        momentum,
+        eps,
+        activation,
+        negative_slope,
+        stride,
+        padding,
+        dilation,
+        groups,
+    ):
         kernels = _use_kernels(input, bn_weight, bn_bias)
         stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         if training:
@@ -243,10 +308,23 @@ class _BNActConv2d(torch.autograd.Function):
             mean, var = running_mean, running_var
         mean = mean.to(stats_dtype).contiguous()
         invstd = torch.rsqrt(var.to(stats_dtype) + eps)
-        hidden = _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels)
-        out = torch.convolution(hidden, conv_weight, conv_bias, stride, padding, dilation, False, [0, 0], groups)
+        hidden = _bn_act(
+            input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels
+        )
+        out = torch.convolution(
+            hidden, conv_weight, conv_bias, stride, padding, dilation, False, [0, 0], groups
+        )
         ctx.save_for_backward(input, mean, invstd, bn_weight, bn_bias, conv_weight)
-        ctx.conf = (training, activation, negative_slope, stride, padding, dilation, groups, kernels)
+        ctx.conf = (
+            training,
+            activation,
+            negative_slope,
+            stride,
+            padding,
+            dilation,
+            groups,
+            kernels,
+        )
         ctx.has_conv_bias = conv_bias is not None
         return out
 
@@ -257,28 +335,69 @@ class _BNActConv2d(torch.autograd.Function):
         training, activation, negative_slope, stride, padding, dilation, groups, kernels = ctx.conf
         needs = ctx.needs_input_grad
         need_bn = needs[0] or needs[3] or needs[4]
-        hidden = _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels)
+        hidden = _bn_act(
+            input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels
+        )
         grad_hidden, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
-            grad_out, hidden, conv_weight,
+            grad_out,
+            hidden,
+            conv_weight,
             [conv_weight.size(0)] if ctx.has_conv_bias else None,
-            stride, padding, dilation, False, [0, 0], groups, [need_bn, needs[5], needs[6]],
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
+            [need_bn, needs[5], needs[6]],
         )
         grad_input = grad_bn_weight = grad_bn_bias = None
         if need_bn and kernels:
             del hidden  # the backward op recomputes the activation mask from input
             no_mask = input.new_empty((0,), dtype=torch.bool)
             grad_input, grad_bn_weight, grad_bn_bias, _ = torch.ops.cnnkit.batch_norm_act_backward(
-                grad_hidden, input, bn_weight, bn_bias, no_mask, mean, invstd, training,
-                activation_code(activation), negative_slope, False)
+                grad_hidden,
+                input,
+                bn_weight,
+                bn_bias,
+                no_mask,
+                mean,
+                invstd,
+                training,
+                activation_code(activation),
+                negative_slope,
+                False,
+            )
         elif need_bn:
             grad_bn_out = _activation_backward(grad_hidden, hidden, activation, negative_slope)
             del hidden, grad_hidden
             grad_input, grad_bn_weight, grad_bn_bias = _bn_backward(
-                grad_bn_out, input, mean, invstd, bn_weight, training, [needs[0], needs[3], needs[4]]
+                grad_bn_out,
+                input,
+                mean,
+                invstd,
+                bn_weight,
+                training,
+                [needs[0], needs[3], needs[4]],
             )
-        return (grad_input if needs[0] else None, None, None,
-                grad_bn_weight if needs[3] else None, grad_bn_bias if needs[4] else None,
-                grad_conv_weight, grad_conv_bias, None, None, None, None, None, None, None, None, None)
+        return (
+            grad_input if needs[0] else None,
+            None,
+            None,
+            grad_bn_weight if needs[3] else None,
+            grad_bn_bias if needs[4] else None,
+            grad_conv_weight,
+            grad_conv_bias,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _activation_backward(grad, result, activation, negative_slope):
@@ -307,9 +426,24 @@ def _bn_backward(grad, input, mean, invstd, bn_weight, training, mask):
     )
 
 
-def bn_act_conv2d(input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias=None,
-                  training=False, momentum=0.1, eps=1e-5, activation="relu", negative_slope=0.01,
-                  stride=1, padding=0, dilation=1, groups=1):
+def bn_act_conv2d(
+    input,
+    running_mean,
+    running_var,
+    bn_weight,
+    bn_bias,
+    conv_weight,
+    conv_bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    activation="relu",
+    negative_slope=0.01,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+):
     """conv2d(act(batch_norm(input)), conv_weight, conv_bias, stride, padding, dilation, groups)
     storing only ``input`` for backward.
 
@@ -339,16 +473,35 @@ def bn_act_conv2d(input, running_mean, running_var, bn_weight, bn_bias, conv_wei
     if activation == "leaky_relu" and negative_slope < 0:
         raise ValueError(f"bn_act_conv2d: negative_slope must be >= 0, got {negative_slope}")
     if isinstance(padding, str):
-        raise ValueError(f"bn_act_conv2d: padding must be an int or a pair of ints, got {padding!r}")
+        raise ValueError(
+            f"bn_act_conv2d: padding must be an int or a pair of ints, got {padding!r}"
+        )
     _check_bn_act_conv_input(input, running_mean, running_var, conv_weight, groups, training)
     if training and running_mean is None:
         momentum = 0.0  # nothing to update; batch_norm_update_stats accepts None buffers
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
     if input.numel() == 0:
         # No statistics to compute or save: eager ops give the empty result and zero grads.
-        hidden = F.batch_norm(input, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
+        hidden = F.batch_norm(
+            input, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps
+        )
         hidden = apply_activation_(hidden, activation, negative_slope)
         return F.conv2d(hidden, conv_weight, conv_bias, stride, padding, dilation, groups)
-    return _BNActConv2d.apply(input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias,
-                              training, momentum, eps, activation, negative_slope,
-                              stride, padding, dilation, groups)
+    return _BNActConv2d.apply(
+        input,
+        running_mean,
+        running_var,
+        bn_weight,
+        bn_bias,
+        conv_weight,
+        conv_bias,
+        training,
+        momentum,
+        eps,
+        activation,
+        negative_slope,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )

@@ -65,17 +65,48 @@ class ConvBNReLU2d(nn.Module):
     cuDNN's conv-bias-ReLU on CUDA (see cnnkit.functional.conv2d_bias_act).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=False, eps=1e-5, momentum=0.1, activation="relu",
-                 device=None, dtype=None, *, negative_slope=0.01, padding_mode="zeros"):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=False,
+        eps=1e-5,
+        momentum=0.1,
+        activation="relu",
+        device=None,
+        dtype=None,
+        *,
+        negative_slope=0.01,
+        padding_mode="zeros",
+    ):
         super().__init__()
         check_activation(activation, negative_slope)
         factory = {"device": device, "dtype": dtype}
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                              groups, bias, padding_mode, **factory)
-        self.bn = _fused_batchnorm_class()(out_channels, eps=eps, momentum=momentum,
-                                           activation=activation, negative_slope=negative_slope,
-                                           **factory)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            **factory,
+        )
+        self.bn = _fused_batchnorm_class()(
+            out_channels,
+            eps=eps,
+            momentum=momentum,
+            activation=activation,
+            negative_slope=negative_slope,
+            **factory,
+        )
         self._folded = None
 
     # One source of truth for train and eval: the fused BN module's own settings.
@@ -127,8 +158,18 @@ class ConvBNReLU2d(nn.Module):
         if conv.padding_mode != "zeros":
             input = F.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
             padding = 0
-        return conv2d_bias_act(input, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
-                               self.activation, self.negative_slope, residual)
+        return conv2d_bias_act(
+            input,
+            weight,
+            bias,
+            conv.stride,
+            padding,
+            conv.dilation,
+            conv.groups,
+            self.activation,
+            self.negative_slope,
+            residual,
+        )
 
     # --- the folded eval weights ------------------------------------------------------
 
@@ -141,13 +182,18 @@ class ConvBNReLU2d(nn.Module):
 
     def _folded_weight_and_bias(self):
         params = (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias)
-        needs_grad = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+        needs_grad = torch.is_grad_enabled() and any(
+            p is not None and p.requires_grad for p in params
+        )
         if needs_grad or torch.compiler.is_compiling():
             # Differentiable, and traceable: the compiler folds constants itself.
             return self._fold()
         try:
-            key = (tuple(_version_key(t) for t in self._fold_sources()), self.bn.eps,
-                   torch.is_inference_mode_enabled())
+            key = (
+                tuple(_version_key(t) for t in self._fold_sources()),
+                self.bn.eps,
+                torch.is_inference_mode_enabled(),
+            )
         except _Uncacheable:
             with torch.no_grad():
                 return self._fold()
@@ -177,23 +223,27 @@ class ConvBNReLU2d(nn.Module):
 
     # --- loading nn.Sequential(conv, bn[, relu]) state --------------------------------
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         renames = {f"{prefix}0.": f"{prefix}conv.", f"{prefix}1.": f"{prefix}bn."}
         if not any(key.startswith((f"{prefix}conv.", f"{prefix}bn.")) for key in state_dict):
             for key in [k for k in state_dict if k.startswith(tuple(renames))]:
                 old = key[: len(prefix) + 2]
-                state_dict[renames[old] + key[len(old):]] = state_dict.pop(key)
+                state_dict[renames[old] + key[len(old) :]] = state_dict.pop(key)
         self._folded = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def _share_state(bn, activation, negative_slope):
     """cnnkit's fused BN with `bn`'s settings, holding `bn`'s own parameter and buffer tensors."""
     fused_class = _fused_batchnorm_class()
-    if type(bn) is fused_class and bn.activation == activation and (
-        activation != "leaky_relu" or bn.negative_slope == negative_slope
+    if (
+        type(bn) is fused_class
+        and bn.activation == activation
+        and (activation != "leaky_relu" or bn.negative_slope == negative_slope)
     ):
         return bn
     return fused_class.from_torch(bn, activation=activation, negative_slope=negative_slope)
@@ -208,7 +258,9 @@ def bn_act_conv(bn, conv, input, activation="relu", negative_slope=0.01):
     ``bn``'s own activation, if it has one, is ignored: ``activation`` applies.
     """
     if conv.padding_mode != "zeros":
-        raise ValueError(f"bn_act_conv: conv.padding_mode must be 'zeros', got {conv.padding_mode!r}")
+        raise ValueError(
+            f"bn_act_conv: conv.padding_mode must be 'zeros', got {conv.padding_mode!r}"
+        )
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -219,7 +271,17 @@ def bn_act_conv(bn, conv, input, activation="relu", negative_slope=0.01):
         input,
         bn.running_mean if keep_running else None,
         bn.running_var if keep_running else None,
-        bn.weight, bn.bias, conv.weight, conv.bias,
-        use_batch_stats, factor, bn.eps, activation, negative_slope,
-        conv.stride, conv.padding, conv.dilation, conv.groups,
+        bn.weight,
+        bn.bias,
+        conv.weight,
+        conv.bias,
+        use_batch_stats,
+        factor,
+        bn.eps,
+        activation,
+        negative_slope,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
     )
