@@ -35,6 +35,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from cnnkit.functional.conv_bn import bn_act_conv2d, conv2d_bias_act, fold_bn_into_conv
+from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
+
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
     """3x3 convolution with padding (torchvision's helper)."""
@@ -55,28 +58,18 @@ def conv1x1(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def fused_norm_layers():
-    """(BatchNormReLU2d, BatchNorm2d) of cnnkit, imported on use: blocks.py loads with
-    cnnkit.nn, before its sibling modules may be."""
-    from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
-
-    return BatchNormReLU2d, BatchNorm2d
-
-
 def is_fused_norm(module):
-    """True if `module` can apply its activation and a residual add itself."""
-    if isinstance(module, nn.BatchNorm2d) and type(module) is nn.BatchNorm2d:
-        return False
-    return isinstance(module, fused_norm_layers()[0])
+    """True if `module` applies its ReLU (and a residual add) itself."""
+    return isinstance(module, BatchNormReLU2d)
 
 
 def default_norm_layer(fused):
-    return fused_norm_layers()[0] if fused else nn.BatchNorm2d
+    return BatchNormReLU2d if fused else nn.BatchNorm2d
 
 
 def shortcut_norm_layer(fused):
     """The norm of a projection shortcut (downsample.1): BatchNorm without activation."""
-    return fused_norm_layers()[1] if fused else nn.BatchNorm2d
+    return BatchNorm2d if fused else nn.BatchNorm2d
 
 
 class _ResidualBlock(nn.Module):
@@ -273,7 +266,7 @@ def _is_conv_bn(module):
         isinstance(module, nn.Sequential)
         and len(module) == 2
         and isinstance(module[0], nn.Conv2d)
-        and isinstance(module[1], (nn.BatchNorm2d, *fused_norm_layers()))
+        and isinstance(module[1], _BatchNorm)
         and module[1].running_mean is not None
         and not module[1].training
     )
@@ -303,8 +296,6 @@ def batch_norm_momentum(bn):
 def memory_efficient_bn_relu_conv(bn, conv, input):
     """conv(relu(bn(input))) in training, keeping only `input` for backward (the BN-ReLU
     output is recomputed there): one activation tensor per link instead of two."""
-    from cnnkit.functional.conv_bn import bn_act_conv2d
-
     use_running = not bn.training or bn.track_running_stats
     return bn_act_conv2d(
         input,
@@ -342,8 +333,6 @@ class FoldedConvBNCache:
         return FoldedConvBNCache()  # a copy's parameters are new tensors: start empty
 
     def folded(self, conv, bn):
-        from cnnkit.functional.conv_bn import fold_bn_into_conv
-
         sources = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
         fold = lambda: fold_bn_into_conv(*sources, bn.eps)  # noqa: E731
         if torch.compiler.is_compiling() or (
@@ -359,8 +348,6 @@ class FoldedConvBNCache:
         return entry[1]
 
     def conv_bn_act(self, conv, bn, input, activation="relu", residual=None):
-        from cnnkit.functional.conv_bn import conv2d_bias_act
-
         weight, bias = self.folded(conv, bn)
         return conv2d_bias_act(
             input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
