@@ -354,8 +354,11 @@ def test_conv2d_bias_act_fused_call(layout, with_residual, activation, dtype):
     expected = {"relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, 0.1), None: lambda t: t}[
         activation
     ](expected)
+    residual_before = residual.clone() if with_residual else None
     with torch.no_grad():
         got = conv2d_bias_act(x, w, b, 2, 1, 1, 2, activation, 0.1, residual)
+    if with_residual:
+        assert torch.equal(residual, residual_before)
     torch.testing.assert_close(got.float(), expected, **TOL[dtype])
     assert got.dtype == dtype
     assert got.is_contiguous(

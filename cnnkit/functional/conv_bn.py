@@ -155,9 +155,10 @@ def conv2d_bias_act(
 
     Without autograd, this is one vendor call with the bias, the residual add and the
     activation fused into the convolution: oneDNN's post-ops on CPU (float32/bfloat16,
-    contiguous or channels_last input), cuDNN's conv-bias-(add-)ReLU on CUDA. Otherwise it is torch's
-    convolution followed by the add and the activation in place on its fresh output
-    (autograd-safe: the convolution's backward does not need its output).
+    contiguous or channels_last input), cuDNN's conv-bias-(add-)ReLU on CUDA. Otherwise
+    it is torch's convolution followed by the add and the activation in place on its
+    fresh output (autograd-safe: the convolution's backward does not need its output).
+    ``residual`` must have the output's shape and dtype; it is never modified.
     """
     check_activation(activation, negative_slope)
     if _fusable(input, weight, bias, residual, stride, padding, dilation):
