@@ -401,3 +401,27 @@ def test_cuda_train_and_eval_match_eager(layout, dtype):
         torch.testing.assert_close(
             ours(x, residual), torch.relu(eager[1](eager[0](x)) + residual), **tol
         )
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_eval_is_one_fused_convolution(layout):
+    """Eval without autograd: one oneDNN call, no batch norm, no separate activation; the
+    fold runs once and later calls reuse it."""
+    module = ConvBNReLU2d(3, 8, 3, padding=1).eval()
+    x = to_layout(torch.randn(2, 3, 8, 8), layout)
+    with torch.no_grad():
+        module(x)  # folds
+        with _RecordOps() as recorded:
+            module(x)
+    assert recorded.names == ["mkldnn._convolution_pointwise"]
