@@ -135,6 +135,12 @@ def test_bad_input():
         bn_act_conv2d(torch.randn(2, 6, 5, 5), None, None, g, b, w, cb, False, groups=2)
 
 
+def test_module_helper_rejects_padding_modes():
+    conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding_mode"):
+        bn_act_conv(nn.BatchNorm2d(4), conv, torch.randn(2, 4, 5, 5))
+
+
 def saved_bytes(function):
     """Bytes autograd keeps for backward while `function` runs, each storage counted once."""
     storages = {}
