@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 import cnnkit  # noqa: E402
-from cnnkit.nn import ConvBNReLU2d, bn_act_conv  # noqa: E402
+from cnnkit.nn.conv_bn import ConvBNReLU2d, bn_act_conv  # noqa: E402
 
 # (in_channels, out_channels, kernel, spatial) of ResNet-50 convolutions.
 SHAPES = [(64, 64, 3, 56), (256, 64, 1, 56), (128, 128, 3, 28), (2048, 512, 1, 7)]

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.functional import conv2d_bias_act
-from cnnkit.nn import ConvBNReLU2d
+from cnnkit.functional.conv_bn import conv2d_bias_act
+from cnnkit.nn.conv_bn import ConvBNReLU2d
 
 TOL = {
     torch.float32: dict(rtol=1e-4, atol=1e-4),

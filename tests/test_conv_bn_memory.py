@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnnkit import reference
-from cnnkit.functional import bn_act_conv2d, conv_bn
-from cnnkit.nn import bn_act_conv
+from cnnkit.functional import conv_bn
+from cnnkit.functional.conv_bn import bn_act_conv2d
+from cnnkit.nn.conv_bn import bn_act_conv
+from cnnkit.reference import conv_bn as reference
 
 ACTIVATIONS = ["relu", "leaky_relu", None]
 
