@@ -12,10 +12,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from cnnkit.nn.blocks import (
     BasicBlock,
     Bottleneck,
-    conv1x1,
-    default_norm_layer,
     FoldedConvBNCache,
+    conv1x1,
     conv_bn_relu,
+    default_norm_layer,
     shortcut_norm_layer,
 )
 
@@ -46,7 +46,10 @@ class ResNet(nn.Module):
         if norm_layer is None:
             norm_layer = default_norm_layer(fused)
         self._norm_layer = norm_layer
-        self._shortcut_norm_layer = shortcut_norm_layer(fused) if fused else norm_layer
+        # torchvision normalizes the projection shortcut with norm_layer too; it has no ReLU,
+        # so the fused BN-ReLU's plain counterpart stands in for it there.
+        fused_default = norm_layer is default_norm_layer(fused=True)
+        self._shortcut_norm_layer = shortcut_norm_layer(fused=True) if fused_default else norm_layer
         self._block_options = {"memory_efficient": memory_efficient}
         if block is Bottleneck:
             self._block_options["stride_in_1x1"] = stride_in_1x1
