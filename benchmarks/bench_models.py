@@ -138,6 +138,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write results/")
+    parser.add_argument("--name", default="bench_models", help="results/<name>.json and .md")
     args = parser.parse_args(argv)
 
     print(f"machine: {machine()}, revision {git_revision()}", flush=True)
@@ -157,7 +158,7 @@ def main(argv=None):
     table = markdown_table(records, columns)
     print(table)
     if not args.no_write:
-        write_results("bench_models", records, table)
+        write_results(args.name, records, table)
     return 0
 
 

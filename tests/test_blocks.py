@@ -213,3 +213,23 @@ def test_block_checkpointing_keeps_only_the_input():
 def test_memory_efficient_rejects_unknown_modes():
     with pytest.raises(ValueError, match="memory_efficient must be"):
         Bottleneck(64, 16, memory_efficient="everything")
+
+
+@pytest.mark.parametrize("kind, inplanes, planes, stride", CASES)
+def test_float32_channels_last_inference_matches_eager(kind, inplanes, planes, stride):
+    """The prepacked oneDNN path (float32, channels_last, no autograd), twice: packing, reuse."""
+    fused = randomize(make_block(kind, inplanes, planes, stride)).float().eval()
+    eager = make_block(kind, inplanes, planes, stride, fused=False).float().eval()
+    eager.load_state_dict(fused.state_dict())
+    x = torch.randn(2, inplanes, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = eager(x)
+        for _ in range(2):
+            output = fused(x)
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
+            assert output.is_contiguous(memory_format=torch.channels_last)
+        fused.conv1.weight.mul_(0.5)  # a new fold, hence a new packed weight
+        eager.conv1.weight.mul_(0.5)
+        torch.testing.assert_close(fused(x), eager(x), rtol=1e-4, atol=1e-4)
+        other_batch = torch.randn(3, inplanes, 8, 8).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused(other_batch), eager(other_batch), rtol=1e-4, atol=1e-4)
