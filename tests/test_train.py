@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from cnnkit.data import write_synthetic_mnist
+from cnnkit.data import write_synthetic_cifar10, write_synthetic_mnist
 from cnnkit.train import fit, load_checkpoint, load_latest_checkpoint
 
 QUICK = dict(dataset="mnist", batch_size=32, threads=1, progress=False)
@@ -35,6 +35,17 @@ def test_short_run_beats_chance_and_writes_its_files(data_dir, tmp_path):
     assert (state["epoch"], state["step"], state["model_name"]) == (2, 0, "lenet5")
     # The LeNet recipe: SGD on the paper's schedule x100, 0.05 for the first three epochs.
     assert result.history[0]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("options", [
+    dict(channels_last=True, amp=True),  # bfloat16 autocast on CPU
+    pytest.param(dict(compile=True), marks=pytest.mark.slow),
+])
+def test_training_options_still_learn(data_dir, tmp_path, options):
+    result = fit("lenet5", data_dir=data_dir, epochs=2, output=str(tmp_path), **options, **QUICK)
+    assert result.config.amp == options.get("amp", False)
+    assert result.test["top1_acc"] > 0.5
+    assert all(torch.isfinite(t).all() for t in _weights(result).values())
 
 
 def _weights(result):
@@ -93,11 +104,25 @@ def _torchrun(args, nproc):
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
 
 
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    return str(write_synthetic_cifar10(tmp_path_factory.mktemp("cifar"), train=128, test=64))
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(data_dir, tmp_path):
-    args = ["lenet5", "--dataset", "mnist", "--data-dir", data_dir, "--epochs", "2",
-            "--batch-size", "32", "--augment", "crop,flip", "--optimizer", "sgd",
-            "--schedule", "constant", "--lr", "0.05", "--no-progress", "--threads", "1"]
+@pytest.mark.parametrize("model, dataset, extra", [
+    ("lenet5", "mnist", ["--epochs", "2", "--batch-size", "32", "--lr", "0.05"]),
+    # BatchNorm: SyncBN must give each half-batch the statistics of the whole batch. Two
+    # images per process make per-process statistics visibly different; four steps at a
+    # gentle rate, as a deep net on so few images soon amplifies rounding differences.
+    ("resnet20", "cifar10", ["--epochs", "1", "--batch-size", "4", "--limit-train", "16",
+                             "--lr", "0.005"]),
+])
+def test_two_gloo_processes_match_one_process(model, dataset, extra, request, tmp_path):
+    data = request.getfixturevalue("data_dir" if dataset == "mnist" else "cifar_dir")
+    args = [model, "--dataset", dataset, "--data-dir", data, "--augment", "crop,flip",
+            "--optimizer", "sgd", "--schedule", "constant", "--no-progress",
+            "--threads", "1"] + extra
     single = _torchrun(args + ["--output", str(tmp_path / "one")], 1)
     assert single.returncode == 0, single.stderr[-2000:]
     double = _torchrun(args + ["--output", str(tmp_path / "two")], 2)
@@ -105,8 +130,9 @@ def test_two_gloo_processes_match_one_process(data_dir, tmp_path):
     assert double.stdout.count("test top-1 accuracy") == 1  # rank 0 alone reports
     _, one = load_latest_checkpoint(tmp_path / "one")
     _, two = load_latest_checkpoint(tmp_path / "two")
-    assert one["config"]["batch_size"] == two["config"]["batch_size"] == 32
+    assert one["config"]["batch_size"] == two["config"]["batch_size"]
     for name, tensor in one["model"].items():
-        # Same global batches and augmentation; only the gradient sums' order differs.
-        torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5)
-    assert abs(one["history"][-1]["test_top1_acc"] - two["history"][-1]["test_top1_acc"]) <= 0.01
+        # Same global batches and augmentation; only the order of the sums differs.
+        torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=2e-5)
+    assert one["history"][-1]["train_loss"] == pytest.approx(two["history"][-1]["train_loss"],
+                                                             rel=1e-3)

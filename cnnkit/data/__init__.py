@@ -12,7 +12,9 @@ from .loader import BatchLoader  # noqa: F401
 from .mnist import (  # noqa: F401
     FASHION_MNIST_CLASSES, MNIST_CLASSES, load_fashion_mnist, load_mnist, load_mnist_format,
 )
-from .synthetic import synthetic_images, write_synthetic_mnist  # noqa: F401
+from .synthetic import (  # noqa: F401
+    synthetic_images, write_synthetic_cifar10, write_synthetic_mnist,
+)
 from .registry import (  # noqa: F401
     DATA_ENV, DATASETS, dataset_info, list_datasets, load_dataset, resolve_data_dir,
 )

@@ -6,22 +6,24 @@ Used by the tests and handy for trying the training command without real data.
 """
 
 import os
+import pickle
 
 import torch
 
 from .idx import write_idx
 
 
-def synthetic_images(count, num_classes=10, size=28, generator=None):
-    """(uint8 images (count, size, size), int64 labels (count,))."""
+def synthetic_images(count, num_classes=10, size=28, generator=None, channels=None):
+    """(uint8 images (count, size, size) or (count, channels, size, size), labels (count,))."""
     labels = torch.randint(num_classes, (count,), generator=generator)
-    images = torch.randint(0, 90, (count, size, size), generator=generator, dtype=torch.int64)
+    shape = (count, size, size) if channels is None else (count, channels, size, size)
+    images = torch.randint(0, 90, shape, generator=generator, dtype=torch.int64)
     cells = max(int(num_classes ** 0.5 + 0.999), 1)
     step = (size - 8) // max(cells - 1, 1)
     for label in range(num_classes):
         top, left = (label // cells) * step, (label % cells) * step
         rows = labels == label
-        images[rows, top:top + 8, left:left + 8] += 150
+        images[rows, ..., top:top + 8, left:left + 8] += 150
     return images.clamp_(0, 255).to(torch.uint8), labels
 
 
@@ -35,4 +37,22 @@ def write_synthetic_mnist(directory, train=1000, test=200, seed=0, compress=True
         write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte{suffix}"), images)
         write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte{suffix}"),
                   labels.to(torch.uint8))
+    return directory
+
+
+def write_synthetic_cifar10(directory, train=1000, test=200, seed=0):
+    """Write the same kind of data, 3x32x32, as CIFAR-10's python-pickle batches."""
+    import numpy as np
+
+    os.makedirs(directory, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    per_batch = -(-train // 5)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    counts = [min(per_batch, max(train - i * per_batch, 0)) for i in range(5)] + [test]
+    for name, count in zip(names, counts):
+        images, labels = synthetic_images(count, size=32, channels=3, generator=generator)
+        batch = {b"data": images.reshape(count, -1).numpy().astype(np.uint8),
+                 b"labels": labels.tolist()}
+        with open(os.path.join(directory, name), "wb") as file:
+            pickle.dump(batch, file, protocol=2)
     return directory

@@ -372,7 +372,9 @@ class Trainer:
             meter = ClassificationMeter(self.train_set.num_classes)
             seconds = 0.0
             if start_step:
-                meter.state = self.state["train_meter"].clone()
+                # The saved totals are already summed over processes: rank 0 carries them.
+                if self.process.is_main:
+                    meter.state = self.state["train_meter"].clone()
                 seconds = self.state["epoch_seconds"]
             lr = self.optimizer.param_groups[0]["lr"]
             progress = Progress(len(self.train_loader), start_step, f"epoch {epoch + 1}/"
@@ -386,8 +388,8 @@ class Trainer:
             if stopped_at is not None:
                 return self._interrupted(epoch, stopped_at, meter, seconds, test)
             start_step = 0
-            images_seen = meter.count * self.process.world_size
             meter.state = distributed.all_reduce_sum(meter.state, self.process, self.device)
+            images_seen = meter.count  # by all processes, this epoch (resumed part included)
             evaluating = time.perf_counter()
             test = self.evaluate()
             self.elapsed += time.perf_counter() - evaluating
@@ -409,6 +411,7 @@ class Trainer:
 
     def _interrupted(self, epoch, step, meter, seconds, test):
         if step:
+            meter.state = distributed.all_reduce_sum(meter.state, self.process, self.device)
             self._save(epoch, step, meter, seconds)
         self.say(f"stopped; checkpoint {self.last_checkpoint}; continue with the same command "
                  "and --resume")
