@@ -30,7 +30,7 @@ def torch_act(out, activation, slope=0.01):
 
 def test_compiled_kernels_are_used():
     assert cnnkit._ops.has_kernel("batch_norm_act", "cpu")
-    for op in ("batch_norm_stats", "batch_norm_act_backward", "batch_norm_act_backward_reduce",
+    for op in ("batch_norm_stats", "batch_norm_train_stats", "batch_norm_act_backward", "batch_norm_act_backward_reduce",
                "batch_norm_act_backward_apply"):
         assert cnnkit._ops.has_kernel(op, "cpu"), op
 
@@ -259,6 +259,8 @@ def _op_samples():
     return [
         (torch.ops.cnnkit.batch_norm_stats.default, (x,)),
         (torch.ops.cnnkit.batch_norm_stats.default, (x_cl,)),
+        (torch.ops.cnnkit.batch_norm_train_stats.default, (x, torch.zeros(5), torch.ones(5), 0.1, 1e-5)),
+        (torch.ops.cnnkit.batch_norm_train_stats.default, (x_cl.double(), None, None, 0.3, 1e-3)),
         (torch.ops.cnnkit.batch_norm_act.default, (grad(x), grad(w), grad(b), grad(r), mean, invstd, True, 1, 0.0)),
         (torch.ops.cnnkit.batch_norm_act.default, (grad(x_cl), grad(w), None, None, mean, invstd, False, 2, 0.1)),
         (torch.ops.cnnkit.batch_norm_act.default, (grad(x).double(), None, None, None, mean.double(), invstd.double(), True, 0, 0.0)),
@@ -269,7 +271,7 @@ def _op_samples():
     ]
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(11))
 def test_opcheck(index):
     op, args = _op_samples()[index]
     torch.library.opcheck(op, args)

@@ -36,6 +36,11 @@ def _batch_norm_stats_fake(input):
     return input.new_empty((channels,), dtype=stats_dtype(input)), input.new_empty((channels,), dtype=stats_dtype(input))
 
 
+@torch.library.register_fake("cnnkit::batch_norm_train_stats")
+def _batch_norm_train_stats_fake(input, running_mean, running_var, momentum, eps):
+    return _batch_norm_stats_fake(input)
+
+
 @torch.library.register_fake("cnnkit::batch_norm_act")
 def _batch_norm_act_fake(input, weight, bias, residual, mean, invstd, batch_stats, activation, negative_slope):
     if residual is not None and activation != 0:

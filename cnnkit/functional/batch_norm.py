@@ -109,10 +109,8 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
                                          momentum, eps, activation, negative_slope, residual)
     if training:
         with torch.no_grad():
-            mean, var = torch.ops.cnnkit.batch_norm_stats(input)
-            count = input.numel() // input.size(1)
-            update_running_stats(running_mean, running_var, mean, var, count, momentum)
-            invstd = torch.rsqrt(var + eps)
+            mean, invstd = torch.ops.cnnkit.batch_norm_train_stats(input, running_mean, running_var,
+                                                                   float(momentum), float(eps))
     else:
         opmath = torch.float64 if input.dtype == torch.float64 else torch.float32
         with torch.no_grad():

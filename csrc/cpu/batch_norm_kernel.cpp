@@ -218,6 +218,15 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_
   return {mean, var};
 }
 
+std::tuple<at::Tensor, at::Tensor> batch_norm_train_stats_cpu(const at::Tensor& input,
+                                                              const c10::optional<at::Tensor>& running_mean,
+                                                              const c10::optional<at::Tensor>& running_var,
+                                                              double momentum, double eps) {
+  auto [mean, var] = batch_norm_stats_cpu(input);
+  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
+  return batch_norm_finish_train_stats(mean, var, count, running_mean, running_var, momentum, eps);
+}
+
 // ---------------------------------------------------------------- forward
 
 // Fills sign[0, n) with +1 where the saved mask is set and -1 elsewhere.
@@ -624,6 +633,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backwa
 
 TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
   m.impl("batch_norm_stats", &cnnkit::cpu::batch_norm_stats_cpu);
+  m.impl("batch_norm_train_stats", &cnnkit::cpu::batch_norm_train_stats_cpu);
   m.impl("batch_norm_act", &cnnkit::cpu::batch_norm_act_cpu);
   m.impl("batch_norm_act_backward", &cnnkit::cpu::batch_norm_act_backward_cpu);
   m.impl("batch_norm_act_backward_reduce", &cnnkit::cpu::batch_norm_act_backward_reduce_cpu);

@@ -7,6 +7,8 @@
 #include <cnnkit/batch_norm.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "cuda/batch_norm_kernel.h"
 #include "ops/batch_norm.h"
 
@@ -59,6 +61,16 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
                                   var.mutable_data_ptr(), workspace.mutable_data_ptr(), shape,
                                   c10::cuda::getCurrentCUDAStream()));
   return {mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_train_stats_cuda(const at::Tensor& input,
+                                                               const c10::optional<at::Tensor>& running_mean,
+                                                               const c10::optional<at::Tensor>& running_var,
+                                                               double momentum, double eps) {
+  auto [mean, var] = batch_norm_stats_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
+  return batch_norm_finish_train_stats(mean, var, count, running_mean, running_var, momentum, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_cuda(
@@ -156,6 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backwa
 
 TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
   m.impl("batch_norm_stats", &cnnkit::cuda::batch_norm_stats_cuda);
+  m.impl("batch_norm_train_stats", &cnnkit::cuda::batch_norm_train_stats_cuda);
   m.impl("batch_norm_act", &cnnkit::cuda::batch_norm_act_cuda);
   m.impl("batch_norm_act_backward", &cnnkit::cuda::batch_norm_act_backward_cuda);
   m.impl("batch_norm_act_backward_reduce", &cnnkit::cuda::batch_norm_act_backward_reduce_cuda);

@@ -5,6 +5,8 @@
 #include <cnnkit/batch_norm.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 namespace cnnkit {
 
 namespace {
@@ -105,6 +107,31 @@ void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tens
   }
 }
 
+std::tuple<at::Tensor, at::Tensor> batch_norm_finish_train_stats(
+    const at::Tensor& mean, const at::Tensor& var, int64_t count,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    double momentum, double eps) {
+  for (const auto* running : {&running_mean, &running_var}) {
+    if (!running->has_value()) continue;
+    TORCH_CHECK_VALUE((*running)->dim() == 1 && (*running)->numel() == mean.numel(),
+                      "batch_norm_train_stats: running statistics must have shape (", mean.numel(),
+                      ",), got ", (*running)->sizes());
+    TORCH_CHECK((*running)->device() == mean.device(), "batch_norm_train_stats: running ",
+                "statistics are on ", (*running)->device(), " but input is on ", mean.device());
+  }
+  if (count > 0) {
+    // running = momentum * batch + (1 - momentum) * running, as ATen's batch norm does.
+    if (running_mean.has_value()) {
+      running_mean->mul_(1 - momentum).add_(mean.to(running_mean->scalar_type()), momentum);
+    }
+    if (running_var.has_value()) {
+      const double unbiased = static_cast<double>(count) / static_cast<double>(std::max<int64_t>(count - 1, 1));
+      running_var->mul_(1 - momentum).add_((var * unbiased).to(running_var->scalar_type()), momentum);
+    }
+  }
+  return {mean, (var + eps).rsqrt()};
+}
+
 ChannelParams batch_norm_channel_params(const at::Tensor& input,
                                         const c10::optional<at::Tensor>& weight,
                                         const c10::optional<at::Tensor>& bias,
@@ -127,6 +154,11 @@ TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
   // Per-channel batch mean and biased variance, in float64 for float64 input and float32
   // otherwise (zero for an empty batch).
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  // Training statistics in one call: the batch mean and invstd = 1 / sqrt(var + eps), with
+  // running_mean / running_var (when given) updated in place as nn.BatchNorm2d does.
+  m.def(
+      "batch_norm_train_stats(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+      "float momentum, float eps) -> (Tensor mean, Tensor invstd)");
   // act((input - mean) * invstd * weight + bias [+ residual]). `batch_stats` says mean and
   // invstd are the input's own batch statistics (backward then differentiates through
   // them). `mask` is `pre-activation > 0` when a residual and an activation are given (the

@@ -40,6 +40,15 @@ void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tens
                                    const at::Tensor& mean, const at::Tensor& invstd,
                                    int64_t activation);
 
+// The rest of batch_norm_train_stats once the batch's (mean, biased var) over `count`
+// values per channel are known: updates the running statistics in place as
+// nn.BatchNorm2d does (unbiased variance, factor momentum; not at all for an empty batch)
+// and returns (mean, invstd).
+std::tuple<at::Tensor, at::Tensor> batch_norm_finish_train_stats(
+    const at::Tensor& mean, const at::Tensor& var, int64_t count,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    double momentum, double eps);
+
 // True when `mask` holds a saved activation mask (an empty one means: recompute it).
 inline bool has_saved_mask(const at::Tensor& mask) { return mask.numel() > 0; }
 
