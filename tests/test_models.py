@@ -198,8 +198,10 @@ def test_fused_float32_is_as_accurate_as_eager(name, size):
     truth_model.eval()
     with torch.no_grad():
         expected = truth_model(input.double())
+        channels_last = input.contiguous(memory_format=torch.channels_last)
         for model in (reference, fused):
             assert_close_scaled(model(input), expected, 1e-4, type(model).__name__)
+            assert_close_scaled(model(channels_last), expected, 1e-4, type(model).__name__)
 
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))
