@@ -49,7 +49,7 @@ def _check(input, running_mean, running_var, weight, bias, residual, training, s
         values_per_channel = input.numel() // channels if channels else 0
         if values_per_channel == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    elif running_mean is None or running_var is None:
+    if not training and (running_mean is None or running_var is None):
         raise RuntimeError("batch_norm_act: running_mean and running_var must be given when training=False")
 
 
