@@ -81,9 +81,10 @@ inline T pow_neg_beta_scalar(T s, const Beta& b) {
 
 // float s^-0.5 from the hardware's reciprocal square root estimate (relative error below
 // 2^-14 with AVX512, 1.5 * 2^-12 with AVX2) and one Newton step, written as
-// y + y/2 (1 - s y^2) so that the correction is computed with a fused multiply-add: a few
-// float ulps, where a sqrt and a division would cost several times the whole kernel's
-// memory time. Valid for normal, finite, positive s; `fast_rsqrt_domain` tells which lanes.
+// y + y/2 (1 - s y^2) so that the correction is computed with a fused multiply-add: about
+// one float ulp (worst 1.5e-7 relative over s in [1e-38, 1e38]) for a few multiplies, where
+// a sqrt or a division takes many cycles per vector. Valid for normal, finite, positive
+// s: `fast_rsqrt_domain` tells whether every lane is; otherwise the exact path runs.
 #if defined(CPU_CAPABILITY_AVX512)
 #define CNNKIT_LRN_FAST_RSQRT 1
 inline at::vec::Vectorized<float> fast_rsqrt(const at::vec::Vectorized<float>& s) {
@@ -92,7 +93,7 @@ inline at::vec::Vectorized<float> fast_rsqrt(const at::vec::Vectorized<float>& s
   return _mm512_fmadd_ps(_mm512_mul_ps(y, _mm512_set1_ps(0.5f)), error, y);
 }
 inline bool fast_rsqrt_domain(const at::vec::Vectorized<float>& s) {
-  // Any lane NaN, zero, infinite, subnormal or negative.
+  // 0xff: the classes NaN, zero, infinite, subnormal and negative; no lane may be one.
   return _mm512_fpclass_ps_mask(s, 0xff) == 0;
 }
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -193,7 +194,6 @@ class RowWindowSums {
       } else {
         add_row(next_ - before_, prefix_, prefix_);
       }
-      prefetch_row(next_ - before_ + kPrefetchRows);
     }
     // A window starting on a block boundary is that block: the prefix alone.
     suffix_row_ = phase_ == 0 ? nullptr : suffix_ + phase_ * len_;
@@ -206,17 +206,7 @@ class RowWindowSums {
   acc_t sum_scalar(int64_t p) const { return prefix_[p] + (suffix_row_ ? suffix_row_[p] : acc_t(0)); }
 
  private:
-  // Rows enter the prefix in order, each the first read of its block's lanes; asking for
-  // the row that follows ahead of time hides the latency the hardware prefetcher leaves
-  // (a channels-first block's rows are short runs a whole image plane apart).
-  static constexpr int64_t kPrefetchRows = 2;
-
   bool in_range(int64_t channel) const { return channel >= 0 && channel < C_; }
-
-  void prefetch_row(int64_t channel) const {
-    if (!in_range(channel)) return;
-    for (int64_t p = 0; p < len_; p += Vec::size()) row_.prefetch(channel, p);
-  }
 
   // dst = row(channel), zero outside the channels.
   void set_row(int64_t channel, acc_t* dst) const {
@@ -271,7 +261,6 @@ struct SquaredRow {
     const opmath_t<T> v = base[channel * stride + p];
     return v * v;
   }
-  void prefetch(int64_t channel, int64_t p) const { __builtin_prefetch(base + channel * stride + p); }
 };
 
 // A row of an opmath buffer laid out [C][stride].
@@ -283,7 +272,6 @@ struct ScratchRow {
     return at::vec::Vectorized<acc_t>::loadu(base + channel * stride + p);
   }
   acc_t scalar(int64_t channel, int64_t p) const { return base[channel * stride + p]; }
-  void prefetch(int64_t, int64_t) const {}  // scratch: in cache already
 };
 
 // ---- one block of channel rows -------------------------------------------------------
@@ -420,7 +408,9 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* gx,
                              const LrnLayout& shape, const LrnParams& prm) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = shape.channels, S = shape.positions;
-  const int64_t block = position_block<acc_t>(prm.width() + 1 + 2 * C, shape);
+  // Per lane: the window sums' scratch, C values each of s^-beta and of the terms, and the
+  // C values each of g and x that pass 2 reads again (from cache, when they fit).
+  const int64_t block = position_block<acc_t>(prm.width() + 1 + 4 * C, shape);
   const int64_t blocks = at::divup(S, block);
   at::parallel_for(0, shape.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> window((prm.width() + 1) * block), spb(C * block), term(C * block);
