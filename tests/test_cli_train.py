@@ -125,3 +125,27 @@ def test_command_line_has_no_traceback(tmp_path):
     assert process.returncode == 1
     assert process.stderr.strip() == f"cnnkit evaluate: error: {tmp_path / 'x.pt'}: no such checkpoint"
     assert "Traceback" not in process.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_finishes(tmp_path):
+    import signal
+
+    data = write_synthetic_mnist(tmp_path / "data", train=3200, test=100)
+    command = [sys.executable, "-u", "-m", "cnnkit", "train", "lenet5", "--data-dir", str(data),
+               "--output", str(tmp_path / "run")] + QUICK
+    process = subprocess.Popen(command + ["--epochs", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until training is under way
+        if line.startswith("epoch   1/200"):
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "continue with the same command and --resume" in out
+    assert "Traceback" not in err
+    saved = list_checkpoints(tmp_path / "run")
+    assert saved
+    resumed = subprocess.run(command + ["--epochs", "3", "--resume"],
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "test top-1 accuracy" in resumed.stdout
