@@ -122,6 +122,8 @@ class Trainer:
         from cnnkit.models import get_model, model_info
 
         config = self.config
+        # A process group the caller set up is theirs to keep; one made here is ours to end.
+        self.owns_process_group = not torch.distributed.is_initialized()
         self.process = distributed.init_process_group(
             torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")).type)
         self.device = device = distributed.pick_device(config.device, self.process)
@@ -325,11 +327,14 @@ class Trainer:
 
     def run(self):
         self.config, resume_path, self.state = self._configure()
+        threads = torch.get_num_threads()  # --threads applies to this run only
         try:
             with self._stop_on_sigint():
                 return self._run(resume_path)
         finally:
-            distributed.destroy_process_group()
+            torch.set_num_threads(threads)
+            if getattr(self, "owns_process_group", False):
+                distributed.destroy_process_group()
 
     @contextlib.contextmanager
     def _stop_on_sigint(self):
