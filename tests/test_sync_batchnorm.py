@@ -16,13 +16,14 @@ BATCH_SIZES = (3, 5)
 CHANNELS = 6
 
 
-def _data(activation):
+def _data(activation, track_running_stats=True):
     generator = torch.Generator().manual_seed(1)
     n = sum(BATCH_SIZES)
     x = torch.randn(n, CHANNELS, 5, 4, generator=generator) * 3 + 1
     residual = torch.randn(n, CHANNELS, 5, 4, generator=generator)
     grad = torch.randn(n, CHANNELS, 5, 4, generator=generator)
-    module = cnn.BatchNormReLU2d(CHANNELS, activation=activation, momentum=None)
+    module = cnn.BatchNormReLU2d(CHANNELS, activation=activation, momentum=None,
+                                 track_running_stats=track_running_stats)
     with torch.no_grad():
         module.weight.uniform_(0.5, 1.5, generator=generator)
         module.bias.uniform_(-0.5, 0.5, generator=generator)
@@ -43,16 +44,16 @@ def _run(module, x, residual, grad, steps=3):
     }
 
 
-def _worker(rank, init_file, activation, channels_last):
+def _worker(rank, init_file, activation, channels_last, track_running_stats):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        x, residual, grad, module = _data(activation)
+        x, residual, grad, module = _data(activation, track_running_stats)
         if channels_last:
             x, residual = x.to(memory_format=torch.channels_last), residual.to(memory_format=torch.channels_last)
         expected = _run(module, x, residual, grad)
 
-        _, _, _, fresh = _data(activation)
+        _, _, _, fresh = _data(activation, track_running_stats)
         synchronised = cnn.convert_sync_batchnorm(torch.nn.Sequential(fresh))[0]
         assert isinstance(synchronised, cnn.SyncBatchNormReLU2d)
         start = sum(BATCH_SIZES[:rank])
@@ -64,7 +65,10 @@ def _worker(rank, init_file, activation, channels_last):
         for key in ("output", "grad_input", "grad_residual"):
             torch.testing.assert_close(got[key], expected[key][mine], atol=1e-5, rtol=1e-4, msg=key)
         for key in ("running_mean", "running_var"):
-            torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
+            if track_running_stats:
+                torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
+            else:
+                assert got[key] is None and expected[key] is None
         # Parameter gradients stay per rank (DDP averages them); their sum is the full batch's.
         for key in ("grad_weight", "grad_bias"):
             total = got[key].clone()
@@ -74,11 +78,12 @@ def _worker(rank, init_file, activation, channels_last):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("activation,channels_last", [("relu", False), ("leaky_relu", True)])
-def test_two_gloo_ranks_match_one_process(activation, channels_last):
+@pytest.mark.parametrize("activation,channels_last,track_running_stats",
+                         [("relu", False, True), ("leaky_relu", True, True), ("relu", True, False)])
+def test_two_gloo_ranks_match_one_process(activation, channels_last, track_running_stats):
     with tempfile.TemporaryDirectory() as directory:
         init_file = os.path.join(directory, "init")
-        mp.spawn(_worker, args=(init_file, activation, channels_last), nprocs=2, join=True)
+        mp.spawn(_worker, args=(init_file, activation, channels_last, track_running_stats), nprocs=2, join=True)
 
 
 def test_convert_keeps_state_and_types():
