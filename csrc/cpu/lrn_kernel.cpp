@@ -430,25 +430,26 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* gx,
 // the tile's `rows_per_position` opmath values per position stay within L2.
 template <typename acc_t>
 int64_t tile_positions(int64_t rows_per_position) {
-  constexpr int64_t kScratchBytes = 256 * 1024, kMaxTile = 64;
+  constexpr int64_t kScratchBytes = 512 * 1024, kMaxTile = 128;
   constexpr int64_t V = at::vec::Vectorized<acc_t>::size();
   const int64_t fits = kScratchBytes / (rows_per_position * static_cast<int64_t>(sizeof(acc_t)));
   if (fits < V) return std::max<int64_t>(1, fits);  // very many channels: correct, not fast
   return std::min(kMaxTile, fits / V * V);
 }
 
-// Runs body(first_position, positions, has_next, scratch) over tiles of consecutive
-// positions of the (N * S, C) channels-last tensor in parallel; `has_next` tells whether
-// the same thread takes the following tile next; each thread owns `scratch_size` opmath
-// values of scratch.
+// Runs body(first_position, positions, next_positions, scratch) over tiles of consecutive
+// positions of the (N * S, C) channels-last tensor in parallel; `next_positions` is the
+// length of the tile the same thread takes next (0 if none), which follows this one in
+// memory; each thread owns `scratch_size` opmath values of scratch.
 template <typename acc_t, typename Body>
 void for_each_tile(const LrnLayout& shape, int64_t tile, int64_t scratch_size, const Body& body) {
   const int64_t total = shape.batch * shape.positions;
   at::parallel_for(0, at::divup(total, tile), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(scratch_size);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = t * tile;
-      body(first, std::min(tile, total - first), t + 1 < end, scratch.data());
+      const int64_t first = t * tile, next = first + tile;
+      const int64_t next_positions = t + 1 < end ? std::min(tile, total - next) : 0;
+      body(first, std::min(tile, total - first), next_positions, scratch.data());
     }
   });
 }
@@ -460,14 +461,14 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, const LrnLayout& shap
   const int64_t C = shape.channels, W = prm.width();
   // Per position: the tile's input rows, output rows and bfloat16 staging; plus the window.
   const int64_t P = tile_positions<acc_t>(3 * C + W + 1);
-  for_each_tile<acc_t>(shape, P, (3 * C + W + 1) * P, [&](int64_t first, int64_t len, bool has_next,
-                                                         acc_t* scratch) {
+  for_each_tile<acc_t>(shape, P, (3 * C + W + 1) * P, [&](int64_t first, int64_t len,
+                                                         int64_t next_len, acc_t* scratch) {
     acc_t* xt = scratch;
     acc_t* yt = xt + C * P;
     acc_t* staging = yt + C * P;
     acc_t* window = staging + C * P;
     const scalar_t* tile_x = x + first * C;
-    load_channel_rows(tile_x, len, C, xt, P, staging, has_next ? tile_x + P * C : nullptr);
+    load_channel_rows(tile_x, len, C, xt, P, staging, tile_x + len * C, next_len);
     forward_block(xt, P, yt, P, C, len, prm, window);
     store_channel_rows(yt, P, len, C, y + first * C, staging);
   });
@@ -480,8 +481,8 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
   const int64_t C = shape.channels, W = prm.width();
   // Per position: rows of g, x, s^-beta, the terms, the result and bfloat16 staging.
   const int64_t P = tile_positions<acc_t>(6 * C + W + 1);
-  for_each_tile<acc_t>(shape, P, (6 * C + W + 1) * P, [&](int64_t first, int64_t len, bool has_next,
-                                                         acc_t* scratch) {
+  for_each_tile<acc_t>(shape, P, (6 * C + W + 1) * P, [&](int64_t first, int64_t len,
+                                                         int64_t next_len, acc_t* scratch) {
     acc_t* gt = scratch;
     acc_t* xt = gt + C * P;
     acc_t* out = xt + C * P;
@@ -489,9 +490,9 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
     acc_t* window = staging + C * P;
     acc_t* spb = window + (W + 1) * P;
     const BackwardScratch<acc_t> rows{window, spb, spb + C * P, P};
-    const int64_t next = has_next ? P * C : 0;
-    load_channel_rows(g + first * C, len, C, gt, P, staging, has_next ? g + first * C + next : nullptr);
-    load_channel_rows(x + first * C, len, C, xt, P, staging, has_next ? x + first * C + next : nullptr);
+    const int64_t offset = first * C, next = (first + len) * C;
+    load_channel_rows(g + offset, len, C, gt, P, staging, g + next, next_len);
+    load_channel_rows(x + offset, len, C, xt, P, staging, x + next, next_len);
     backward_block(gt, xt, P, out, P, C, len, prm, rows);
     store_channel_rows(out, P, len, C, gx + first * C, staging);
   });

@@ -106,13 +106,14 @@ inline void prefetch_to_l2(const void* data, int64_t bytes) {
 // position's channels after another's), to and from `channels` rows of opmath values, row
 // stride `ld`, so that code written for channels-first rows runs on them. `staging` holds
 // positions * channels opmath values (16 * channels to load) when scalar_t is not its own
-// opmath type (bfloat16), and may be null otherwise. `next`, when not null, is the next tile's source: it is
-// prefetched band by band while this tile is transposed, so that it arrives as a stream
-// instead of the transpose's scattered first touches.
+// opmath type (bfloat16), and may be null otherwise. `next`, when not null, is the next
+// tile's source, `next_positions` long: it is prefetched band by band while this tile is
+// transposed, so that it arrives as a stream instead of the transpose's scattered first
+// touches.
 template <typename scalar_t>
 inline void load_channel_rows(const scalar_t* src, int64_t positions, int64_t channels,
                               opmath_t<scalar_t>* dst, int64_t ld, opmath_t<scalar_t>* staging,
-                              const scalar_t* next = nullptr) {
+                              const scalar_t* next = nullptr, int64_t next_positions = 0) {
   constexpr int64_t kBand = 16;  // positions per band: the transpose's block
   for (int64_t p0 = 0; p0 < positions; p0 += kBand) {
     const int64_t band = std::min(kBand, positions - p0);
@@ -127,7 +128,10 @@ inline void load_channel_rows(const scalar_t* src, int64_t positions, int64_t ch
       for (; i < n; ++i) staging[i] = static_cast<opmath_t<scalar_t>>(band_src[i]);
       transpose(staging, channels, dst + p0, ld, band, channels);
     }
-    if (next) prefetch_to_l2(next + p0 * channels, band * channels * int64_t(sizeof(scalar_t)));
+    const int64_t next_band = std::min(band, next_positions - p0);
+    if (next && next_band > 0) {
+      prefetch_to_l2(next + p0 * channels, next_band * channels * int64_t(sizeof(scalar_t)));
+    }
   }
 }
 
