@@ -7,10 +7,18 @@ import pytest
 import torch
 
 from cnnkit.data import (
-    BatchLoader, ImageDataset, compute_color_pca, crop_at, fit_size, normalize,
-    pca_color_noise, random_crop, random_horizontal_flip, ten_crop,
+    BatchLoader,
+    ImageDataset,
+    augment,
+    compute_color_pca,
+    crop_at,
+    fit_size,
+    normalize,
+    pca_color_noise,
+    random_crop,
+    random_horizontal_flip,
+    ten_crop,
 )
-from cnnkit.data import augment
 
 
 def _images(n=6, c=3, h=8, w=10, seed=0):
@@ -32,8 +40,8 @@ def test_random_crop_is_a_translation_of_the_padded_image():
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     shifts = set()
     for i in range(len(images)):
-        matches = [(t, l) for t in range(5) for l in range(5)
-                   if torch.equal(out[i], padded[i, :, t:t + 8, l:l + 8])]
+        matches = [(top, left) for top in range(5) for left in range(5)
+                   if torch.equal(out[i], padded[i, :, top:top + 8, left:left + 8])]
         assert matches, f"image {i} is not a window of its padded image"
         shifts.add(matches[0])
     assert len(shifts) > 10  # offsets really vary

@@ -98,7 +98,8 @@ KILL_LOOP = textwrap.dedent("""
     import sys, torch
     from cnnkit.train.checkpoint import save_rotating
     directory = sys.argv[1]
-    payload = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))  # 8 MB: each save takes a while, kills land mid-write
+    # 8 MB: each save takes a while, so kills land mid-write.
+    payload = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
     for epoch in range(1, 10_000):
         save_rotating({"epoch": epoch, "payload": payload + epoch}, directory, epoch)
         print(epoch, flush=True)

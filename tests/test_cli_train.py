@@ -123,7 +123,8 @@ def test_command_line_has_no_traceback(tmp_path):
     process = subprocess.run([sys.executable, "-m", "cnnkit", "evaluate", str(tmp_path / "x.pt")],
                              capture_output=True, text=True, timeout=120)
     assert process.returncode == 1
-    assert process.stderr.strip() == f"cnnkit evaluate: error: {tmp_path / 'x.pt'}: no such checkpoint"
+    expected = f"cnnkit evaluate: error: {tmp_path / 'x.pt'}: no such checkpoint"
+    assert process.stderr.strip() == expected
     assert "Traceback" not in process.stderr
 
 
@@ -134,7 +135,8 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     data = write_synthetic_mnist(tmp_path / "data", train=3200, test=100)
     command = [sys.executable, "-u", "-m", "cnnkit", "train", "lenet5", "--data-dir", str(data),
                "--output", str(tmp_path / "run")] + QUICK
-    process = subprocess.Popen(command + ["--epochs", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command + ["--epochs", "200"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # wait until training is under way
         if line.startswith("epoch   1/200"):
             break

@@ -44,7 +44,8 @@ def test_cifar10_reads_train_and_test(tmp_path):
     assert test.images[1, 0, 0, 5] == image[5]
     assert test.images[1, 1, 2, 3] == image[1024 + 2 * 32 + 3]
     assert test.images[1, 2, 31, 31] == image[3071]
-    assert torch.equal(train.images[4:8].reshape(4, -1), torch.from_numpy(batches["data_batch_2"][0]))
+    second_batch = torch.from_numpy(batches["data_batch_2"][0])
+    assert torch.equal(train.images[4:8].reshape(4, -1), second_batch)
 
 
 def test_cifar10_missing(tmp_path):

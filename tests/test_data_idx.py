@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from cnnkit.data import (
-    DataFormatError, DataNotFoundError, load_dataset, load_fashion_mnist, load_mnist, read_idx,
-    write_idx, write_synthetic_mnist,
+    DataFormatError,
+    DataNotFoundError,
+    load_dataset,
+    load_fashion_mnist,
+    load_mnist,
+    read_idx,
+    write_idx,
+    write_synthetic_mnist,
 )
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

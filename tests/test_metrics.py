@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from cnnkit.train.metrics import (
-    ClassificationMeter, confusion_matrix, per_class_accuracy, topk_accuracy, topk_correct,
+    ClassificationMeter,
+    confusion_matrix,
+    per_class_accuracy,
+    topk_accuracy,
+    topk_correct,
     topk_error,
 )
 

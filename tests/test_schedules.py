@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from cnnkit.train.schedules import (
-    DivideOnPlateau, LeNetLR, build_scheduler, lenet_lr, resnet_milestones,
+    DivideOnPlateau,
+    LeNetLR,
+    build_scheduler,
+    lenet_lr,
+    resnet_milestones,
 )
 
 LENET_PAPER = [5e-4] * 3 + [2e-4] * 3 + [5e-5] * 4 + [1e-5] * 5

@@ -69,9 +69,10 @@ def test_interrupted_run_resumes_to_the_same_result(data_dir, tmp_path):
     assert not resumed.interrupted
     for name, tensor in _weights(reference).items():
         assert torch.equal(tensor, _weights(resumed)[name]), name
-    strip = lambda history: [{k: v for k, v in r.items() if not k.endswith("_s")}
-                             for r in history]
-    assert strip(resumed.history) == strip(reference.history)
+    def without_timings(history):
+        return [{k: v for k, v in record.items() if not k.endswith("_s")} for record in history]
+
+    assert without_timings(resumed.history) == without_timings(reference.history)
     assert resumed.test == reference.test
 
 

@@ -144,5 +144,5 @@ def ten_crop(images, size):
         raise ValueError(f"size: crop {(h, w)} larger than the image {(height, width)}")
     corners = [(0, 0), (0, width - w), (height - h, 0), (height - h, width - w),
                ((height - h) // 2, (width - w) // 2)]
-    crops = torch.stack([images[..., t:t + h, l:l + w] for t, l in corners])
+    crops = torch.stack([images[..., top:top + h, left:left + w] for top, left in corners])
     return torch.cat([crops, crops.flip(-1)])

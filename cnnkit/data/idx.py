@@ -70,7 +70,7 @@ def read_idx(path):
             f"found {len(data)}"
         )
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    np_dtype, torch_dtype = IDX_TYPES[type_code]
+    np_dtype = IDX_TYPES[type_code][0]
     expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
     found = len(data) - header_size
     if found != expected:

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from cnnkit.data import DataError
+
 from .checkpoint import CheckpointError
 from .config import AMP_DTYPES, AUGMENTATIONS, OPTIMIZERS, ConfigError
 from .schedules import SCHEDULES

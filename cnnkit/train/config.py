@@ -5,6 +5,7 @@ import dataclasses
 from .recipes import recipe_for
 from .schedules import SCHEDULES, resnet_milestones
 
+
 class ConfigError(ValueError):
     """A training setting is invalid (an unknown model, a bad value)."""
 
@@ -84,7 +85,8 @@ class TrainConfig:
                              f"got {self.amp_dtype!r}")
         for name in ("lr", "lr_scale"):
             if not float(getattr(self, name)) > 0:
-                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name}: expected a positive number, got {getattr(self, name)!r}")
         for name in ("momentum", "weight_decay"):
             if not float(getattr(self, name)) >= 0:
                 raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")

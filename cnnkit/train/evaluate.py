@@ -5,6 +5,7 @@ import os
 import torch
 
 from cnnkit.data import BatchLoader, load_dataset
+
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .metrics import ClassificationMeter

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data import BatchLoader, load_dataset
+
 from . import checkpoint as ckpt
 from . import distributed
 from .config import ConfigError, TrainConfig
@@ -281,7 +282,7 @@ class Trainer:
         return meter.compute()
 
     def _train_epoch(self, epoch, start_step, meter, progress):
-        config, world = self.config, self.process.world_size
+        world = self.process.world_size
         shard = (self.process.rank, world)
         self.train_model.train()
         self.train_loader.set_epoch(epoch)

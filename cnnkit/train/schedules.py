@@ -6,8 +6,13 @@ the epoch's validation error: scheduler.step(error)).
 
 import math
 
-from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler, MultiStepLR
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LRScheduler,
+    MultiStepLR,
+    ReduceLROnPlateau,
+)
 
 # LeCun et al. 1998, section V.D: "0.0005 for the first two passes, 0.0002 for the next
 # three, 0.00005 for the next three, 0.00001 thereafter". The paper's counting is off by
