@@ -3,4 +3,9 @@
 __version__ = "0.1.0"
 
 from cnnkit import _ops  # noqa: F401  (loads cnnkit._C and registers fake/autograd rules)
-from cnnkit import functional, nn, reference  # noqa: F401
+from cnnkit import functional, models, nn, reference  # noqa: F401
+
+# The functions shadow their modules as attributes of the package, as the API asks
+# (cnnkit.fuse(model), cnnkit.summary(model, size)); import the modules with `from`.
+from cnnkit.fuse import fuse  # noqa: F401,E402
+from cnnkit.summary import summary  # noqa: F401,E402
