@@ -28,6 +28,19 @@ def registered_ops():
     )
 
 
+def dense_memory_format(input):
+    """The memory order of every kernel's activation-sized outputs: the input's own when it
+    is dense channels-first or channels-last, channels-first otherwise (the C++ ops make
+    such an input dense first: csrc/ops/batch_norm.cpp, csrc/ops/lrn.cpp)."""
+    if input.is_contiguous():
+        return torch.contiguous_format
+    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _compiled_kernels():
     kernels = set()
     for name in registered_ops():

@@ -8,18 +8,8 @@ all backward needs of it). The statistics count as constants: when they are the 
 
 import torch
 
+from cnnkit._ops import dense_memory_format
 from cnnkit.reference import batch_norm as reference
-
-
-def dense_memory_format(input):
-    """The memory order of the kernels' outputs (csrc/ops/batch_norm.cpp, batch_norm_dense)."""
-    if input.is_contiguous():
-        return torch.contiguous_format
-    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def stats_dtype(input):

@@ -3,18 +3,7 @@
 import torch
 
 from cnnkit import reference
-
-
-def dense_memory_format(input):
-    """The memory order of the kernels' output: the input's own when it is dense in
-    channels-first or channels-last order, channels-first otherwise (csrc/ops/lrn.cpp)."""
-    if input.is_contiguous():
-        return torch.contiguous_format
-    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
+from cnnkit._ops import dense_memory_format
 
 
 @torch.library.register_fake("cnnkit::local_response_norm")
