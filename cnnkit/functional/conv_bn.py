@@ -7,12 +7,15 @@
   per-channel statistics for backward (the BN-act output is recomputed there).
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from cnnkit import _ops
 from cnnkit.functional.batch_norm import update_running_stats
+from cnnkit.reference import conv_bn as reference
 from cnnkit.reference.batch_norm import activation_code
 
 ACTIVATIONS = (None, "identity", "relu", "leaky_relu")
@@ -139,6 +142,40 @@ def _onednn_unary(activation, negative_slope):
     return activation, ([negative_slope] if activation == "leaky_relu" else [])
 
 
+def onednn_fuses(input, weight, bias, residual, stride, padding, dilation, activation):
+    """True if conv2d_bias_act computes this call as one oneDNN call (onednn_conv2d_bias_act)."""
+    return _fusable(input, weight, bias, residual, stride, padding, dilation) and _onednn_applies(
+        input, residual, activation
+    )
+
+
+def onednn_conv2d_bias_act(
+    input, weight, bias, stride, padding, dilation, groups, activation, negative_slope, residual
+):
+    """conv2d_bias_act's oneDNN call, without its checks (see onednn_fuses). ``weight`` is
+    the convolution weight, or the same weight reordered once into oneDNN's blocked layout
+    for this input shape (torch.ops.mkldnn._reorder_convolution_weight)."""
+    # oneDNN's order: padding first.
+    args = (list(_pair(padding)), list(_pair(stride)), list(_pair(dilation)), groups)
+    unary, scalars = _onednn_unary(activation, negative_slope)
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(
+            input, weight, bias, *args, unary, scalars, ""
+        )
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        input,
+        residual,
+        weight,
+        bias,
+        *args,
+        "add",
+        None,
+        None if unary == "none" else unary,
+        [],
+        None,
+    )
+
+
 def conv2d_bias_act(
     input,
     weight,
@@ -162,27 +199,13 @@ def conv2d_bias_act(
     """
     check_activation(activation, negative_slope)
     if _fusable(input, weight, bias, residual, stride, padding, dilation):
-        args = (list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
         if _onednn_applies(input, residual, activation):
-            onednn_args = (args[1], args[0], args[2], groups)  # oneDNN's order: padding first
-            unary, scalars = _onednn_unary(activation, negative_slope)
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    input, weight, bias, *onednn_args, unary, scalars, ""
-                )
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                input,
-                residual,
-                weight,
-                bias,
-                *onednn_args,
-                "add",
-                None,
-                None if unary == "none" else unary,
-                [],
-                None,
+            return onednn_conv2d_bias_act(
+                input, weight, bias, stride, padding, dilation, groups, activation,
+                negative_slope, residual,
             )
         if _cudnn_applies(input, residual, activation):
+            args = (list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
             if residual is None:
                 return torch.cudnn_convolution_relu(input, weight, bias, *args)
             return torch.cudnn_convolution_add_relu(input, weight, residual, 1.0, bias, *args)
@@ -274,6 +297,21 @@ def _bn_act(input, mean, invstd, bn_weight, bn_bias, activation, negative_slope,
     return apply_activation_(out, activation, negative_slope)
 
 
+class _BNActConvSettings(NamedTuple):
+    """bn_act_conv2d's arguments that are not tensors, passed to the autograd Function as
+    one argument (so its backward returns one None for them all)."""
+
+    training: bool
+    momentum: float
+    eps: float
+    activation: str | None
+    negative_slope: float
+    stride: list
+    padding: list
+    dilation: list
+    groups: int
+
+
 class _BNActConv2d(torch.autograd.Function):
     """conv2d(act(BN(x))) saving x, the conv weight, the BN affine parameters and two
     per-channel vectors; act(BN(x)) is recomputed in backward.
@@ -283,49 +321,27 @@ class _BNActConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
-        input,
-        running_mean,
-        running_var,
-        bn_weight,
-        bn_bias,
-        conv_weight,
-        conv_bias,
-        training,
-        momentum,
-        eps,
-        activation,
-        negative_slope,
-        stride,
-        padding,
-        dilation,
-        groups,
+        ctx, input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias, settings
     ):
         kernels = _use_kernels(input, bn_weight, bn_bias)
         stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        if training:
-            mean, var = _batch_stats(input, running_mean, running_var, momentum, kernels)
+        if settings.training:
+            mean, var = _batch_stats(input, running_mean, running_var, settings.momentum, kernels)
         else:
             mean, var = running_mean, running_var
         mean = mean.to(stats_dtype).contiguous()
-        invstd = torch.rsqrt(var.to(stats_dtype) + eps)
+        invstd = torch.rsqrt(var.to(stats_dtype) + settings.eps)
         hidden = _bn_act(
-            input, mean, invstd, bn_weight, bn_bias, activation, negative_slope, kernels
+            input, mean, invstd, bn_weight, bn_bias, settings.activation,
+            settings.negative_slope, kernels,
         )
         out = torch.convolution(
-            hidden, conv_weight, conv_bias, stride, padding, dilation, False, [0, 0], groups
+            hidden, conv_weight, conv_bias, settings.stride, settings.padding, settings.dilation,
+            False, [0, 0], settings.groups,
         )
         ctx.save_for_backward(input, mean, invstd, bn_weight, bn_bias, conv_weight)
-        ctx.conf = (
-            training,
-            activation,
-            negative_slope,
-            stride,
-            padding,
-            dilation,
-            groups,
-            kernels,
-        )
+        ctx.settings = settings
+        ctx.kernels = kernels
         ctx.has_conv_bias = conv_bias is not None
         return out
 
@@ -333,7 +349,8 @@ class _BNActConv2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         input, mean, invstd, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
-        training, activation, negative_slope, stride, padding, dilation, groups, kernels = ctx.conf
+        settings, kernels = ctx.settings, ctx.kernels
+        activation, negative_slope = settings.activation, settings.negative_slope
         needs = ctx.needs_input_grad
         need_bn = needs[0] or needs[3] or needs[4]
         hidden = _bn_act(
@@ -344,12 +361,12 @@ class _BNActConv2d(torch.autograd.Function):
             hidden,
             conv_weight,
             [conv_weight.size(0)] if ctx.has_conv_bias else None,
-            stride,
-            padding,
-            dilation,
+            settings.stride,
+            settings.padding,
+            settings.dilation,
             False,
             [0, 0],
-            groups,
+            settings.groups,
             [need_bn, needs[5], needs[6]],
         )
         grad_input = grad_bn_weight = grad_bn_bias = None
@@ -364,7 +381,7 @@ class _BNActConv2d(torch.autograd.Function):
                 no_mask,
                 mean,
                 invstd,
-                training,
+                settings.training,
                 activation_code(activation),
                 negative_slope,
                 False,
@@ -378,7 +395,7 @@ class _BNActConv2d(torch.autograd.Function):
                 mean,
                 invstd,
                 bn_weight,
-                training,
+                settings.training,
                 [needs[0], needs[3], needs[4]],
             )
         return (
@@ -389,14 +406,6 @@ class _BNActConv2d(torch.autograd.Function):
             grad_bn_bias if needs[4] else None,
             grad_conv_weight,
             grad_conv_bias,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
             None,
         )
 
@@ -483,26 +492,13 @@ def bn_act_conv2d(
     stride, padding, dilation = list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))
     if input.numel() == 0:
         # No statistics to compute or save: eager ops give the empty result and zero grads.
-        hidden = F.batch_norm(
-            input, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps
+        return reference.bn_act_conv2d(
+            input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias,
+            training, momentum, eps, activation, negative_slope, stride, padding, dilation, groups,
         )
-        hidden = apply_activation_(hidden, activation, negative_slope)
-        return F.conv2d(hidden, conv_weight, conv_bias, stride, padding, dilation, groups)
+    settings = _BNActConvSettings(
+        training, momentum, eps, activation, negative_slope, stride, padding, dilation, groups
+    )
     return _BNActConv2d.apply(
-        input,
-        running_mean,
-        running_var,
-        bn_weight,
-        bn_bias,
-        conv_weight,
-        conv_bias,
-        training,
-        momentum,
-        eps,
-        activation,
-        negative_slope,
-        stride,
-        padding,
-        dilation,
-        groups,
+        input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias, settings
     )
