@@ -12,6 +12,21 @@ from cnnkit.functional.batch_norm import batch_norm_act
 from cnnkit.reference.batch_norm import activation_code
 
 
+def batch_norm_arguments(bn):
+    """(use batch statistics, running_mean, running_var, momentum factor) for one forward of
+    the BatchNorm module ``bn`` (torch's or cnnkit's), exactly as nn.BatchNorm2d.forward
+    derives them; counts the batch in num_batches_tracked when ``bn`` tracks statistics."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep_running = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean if keep_running else None
+    running_var = bn.running_var if keep_running else None
+    return batch_stats, running_mean, running_var, factor
+
+
 class _BatchNormAct2d(_BatchNorm):
     """The forward shared by the 2-d modules: nn.BatchNorm2d's, with an activation."""
 
@@ -22,24 +37,11 @@ class _BatchNormAct2d(_BatchNorm):
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
-    def _batch_norm_arguments(self):
-        """(use batch statistics, running_mean, running_var, momentum factor), exactly as
-        nn.BatchNorm2d.forward derives them; counts the batch when it tracks statistics."""
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        keep_running = not self.training or self.track_running_stats
-        running_mean = self.running_mean if keep_running else None
-        running_var = self.running_var if keep_running else None
-        return batch_stats, running_mean, running_var, factor
-
     process_group = None  # the SyncBatchNorm variants (cnnkit/nn/sync_batchnorm.py) set it
 
     def forward(self, input, residual=None):
         self._check_input_dim(input)
-        batch_stats, running_mean, running_var, factor = self._batch_norm_arguments()
+        batch_stats, running_mean, running_var, factor = batch_norm_arguments(self)
         return batch_norm_act(
             input, running_mean, running_var, self.weight, self.bias, batch_stats, factor,
             self.eps, self.activation, self.negative_slope, residual,

@@ -35,8 +35,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from cnnkit.functional.conv_bn import bn_act_conv2d, conv2d_bias_act, fold_bn_into_conv
+from cnnkit.functional.conv_bn import conv2d_bias_act, fold_bn_into_conv
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
+from cnnkit.nn.conv_bn import bn_act_conv
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -90,7 +91,7 @@ class _ResidualBlock(nn.Module):
         """conv(relu(bn(input))); in "links" memory-saving training only `input` is kept
         for backward and relu(bn(input)) is recomputed there."""
         if self._recompute == "links" and bn.training and torch.is_grad_enabled():
-            return memory_efficient_bn_relu_conv(bn, conv, input)
+            return bn_act_conv(bn, conv, input, activation="relu")
         return conv(self._bn_relu(bn, input))
 
     def forward(self, x):
@@ -281,39 +282,6 @@ def conv_bn_relu(conv, bn, input, fold_cache, training):
     if training or bn.training or bn.running_mean is None:
         return bn(conv(input))
     return fold_cache.conv_bn_act(conv, bn, input)
-
-
-def batch_norm_momentum(bn):
-    """The exponential-average factor nn.BatchNorm2d.forward uses for this call, counting
-    the batch in num_batches_tracked as it does."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    return factor
-
-
-def memory_efficient_bn_relu_conv(bn, conv, input):
-    """conv(relu(bn(input))) in training, keeping only `input` for backward (the BN-ReLU
-    output is recomputed there): one activation tensor per link instead of two."""
-    use_running = not bn.training or bn.track_running_stats
-    return bn_act_conv2d(
-        input,
-        bn.running_mean if use_running else None,
-        bn.running_var if use_running else None,
-        bn.weight,
-        bn.bias,
-        conv.weight,
-        conv.bias,
-        training=bn.training or bn.running_mean is None,
-        momentum=batch_norm_momentum(bn),
-        eps=bn.eps,
-        activation="relu",
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-    )
 
 
 class FoldedConvBNCache:

@@ -15,13 +15,7 @@ from cnnkit.functional.conv_bn import (
     conv2d_bias_act,
     fold_bn_into_conv,
 )
-
-
-def _fused_batchnorm_class():
-    # Imported on use: cnnkit.nn's modules may load in any order.
-    from cnnkit.nn.batchnorm import BatchNormReLU2d
-
-    return BatchNormReLU2d
+from cnnkit.nn.batchnorm import BatchNormReLU2d, batch_norm_arguments
 
 
 def _version_key(tensor):
@@ -99,7 +93,7 @@ class ConvBNReLU2d(nn.Module):
             padding_mode,
             **factory,
         )
-        self.bn = _fused_batchnorm_class()(
+        self.bn = BatchNormReLU2d(
             out_channels,
             eps=eps,
             momentum=momentum,
@@ -239,14 +233,13 @@ class ConvBNReLU2d(nn.Module):
 
 def _share_state(bn, activation, negative_slope):
     """cnnkit's fused BN with `bn`'s settings, holding `bn`'s own parameter and buffer tensors."""
-    fused_class = _fused_batchnorm_class()
     if (
-        type(bn) is fused_class
+        type(bn) is BatchNormReLU2d
         and bn.activation == activation
         and (activation != "leaky_relu" or bn.negative_slope == negative_slope)
     ):
         return bn
-    return fused_class.from_torch(bn, activation=activation, negative_slope=negative_slope)
+    return BatchNormReLU2d.from_torch(bn, activation=activation, negative_slope=negative_slope)
 
 
 def bn_act_conv(bn, conv, input, activation="relu", negative_slope=0.01):
@@ -261,27 +254,9 @@ def bn_act_conv(bn, conv, input, activation="relu", negative_slope=0.01):
         raise ValueError(
             f"bn_act_conv: conv.padding_mode must be 'zeros', got {conv.padding_mode!r}"
         )
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep_running = not bn.training or bn.track_running_stats
+    batch_stats, running_mean, running_var, factor = batch_norm_arguments(bn)
     return bn_act_conv2d(
-        input,
-        bn.running_mean if keep_running else None,
-        bn.running_var if keep_running else None,
-        bn.weight,
-        bn.bias,
-        conv.weight,
-        conv.bias,
-        use_batch_stats,
-        factor,
-        bn.eps,
-        activation,
-        negative_slope,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
+        input, running_mean, running_var, bn.weight, bn.bias, conv.weight, conv.bias,
+        batch_stats, factor, bn.eps, activation, negative_slope,
+        conv.stride, conv.padding, conv.dilation, conv.groups,
     )
