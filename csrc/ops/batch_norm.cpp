@@ -25,6 +25,15 @@ void check_per_channel(const char* name, const at::Tensor& tensor, const at::Ten
                    dtype, ", got ", tensor.scalar_type());
 }
 
+// weight and bias have the input's dtype or, for a bfloat16/float16 input, float32: the
+// mixed precision of autocast, where the convolution runs in reduced precision and the
+// BatchNorm parameters stay float32 (torch's batch_norm accepts the same pairs).
+void check_param(const char* name, const at::Tensor& tensor, const at::Tensor& input) {
+  const bool reduced = input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kHalf;
+  const bool mixed = reduced && tensor.scalar_type() == at::kFloat;
+  check_per_channel(name, tensor, input, mixed ? at::kFloat : input.scalar_type());
+}
+
 }  // namespace
 
 BatchNormLayout batch_norm_layout(const at::Tensor& dense_input) {
@@ -70,8 +79,8 @@ void check_batch_norm_act(const at::Tensor& input, const c10::optional<at::Tenso
   TORCH_CHECK_VALUE(activation >= batch_norm::kIdentity && activation <= batch_norm::kLeakyRelu,
                     "batch_norm_act: activation must be 0 (identity), 1 (relu) or 2 ",
                     "(leaky_relu), got ", activation);
-  if (weight.has_value()) check_per_channel("weight", *weight, input, input.scalar_type());
-  if (bias.has_value()) check_per_channel("bias", *bias, input, input.scalar_type());
+  if (weight.has_value()) check_param("weight", *weight, input);
+  if (bias.has_value()) check_param("bias", *bias, input);
   const at::ScalarType stats = batch_norm_stats_dtype(input);
   check_per_channel("mean", mean, input, stats);
   check_per_channel("invstd", invstd, input, stats);
