@@ -604,29 +604,6 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
   return {grad_input, grad_residual};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
-    const at::Tensor& invstd, bool batch_stats, int64_t activation, double negative_slope,
-    bool residual_grad) {
-  auto [sum_g, sum_gx] = batch_norm_act_backward_reduce_cpu(grad_output, input, weight, bias, mask, mean,
-                                                            invstd, activation, negative_slope);
-  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
-  at::Tensor mean_g, mean_gx;
-  if (batch_stats && count > 0) {
-    mean_g = sum_g / static_cast<double>(count);
-    mean_gx = sum_gx / static_cast<double>(count);
-  } else {
-    mean_g = at::zeros_like(sum_g);
-    mean_gx = at::zeros_like(sum_gx);
-  }
-  auto [grad_input, grad_residual] = batch_norm_act_backward_apply_cpu(
-      grad_output, input, weight, bias, mask, mean, invstd, mean_g, mean_gx, activation, negative_slope,
-      residual_grad);
-  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : input.scalar_type();
-  return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
-}
-
 }  // namespace
 }  // namespace cpu
 }  // namespace cnnkit
@@ -635,7 +612,7 @@ TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
   m.impl("batch_norm_stats", &cnnkit::cpu::batch_norm_stats_cpu);
   m.impl("batch_norm_train_stats", &cnnkit::cpu::batch_norm_train_stats_cpu);
   m.impl("batch_norm_act", &cnnkit::cpu::batch_norm_act_cpu);
-  m.impl("batch_norm_act_backward", &cnnkit::cpu::batch_norm_act_backward_cpu);
+  m.impl("batch_norm_act_backward", &cnnkit::batch_norm_act_backward);
   m.impl("batch_norm_act_backward_reduce", &cnnkit::cpu::batch_norm_act_backward_reduce_cpu);
   m.impl("batch_norm_act_backward_apply", &cnnkit::cpu::batch_norm_act_backward_apply_cpu);
 }

@@ -146,22 +146,6 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cuda(
   return {grad_input, grad_residual};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean, const at::Tensor& invstd,
-    bool batch_stats, int64_t activation, double negative_slope, bool residual_grad) {
-  auto [sum_g, sum_gx] = batch_norm_act_backward_reduce_cuda(grad_output, input, weight, bias, mask, mean, invstd,
-                                                             activation, negative_slope);
-  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
-  const bool use_batch = batch_stats && count > 0;
-  const at::Tensor mean_g = use_batch ? sum_g / static_cast<double>(count) : at::zeros_like(sum_g);
-  const at::Tensor mean_gx = use_batch ? sum_gx / static_cast<double>(count) : at::zeros_like(sum_gx);
-  auto [grad_input, grad_residual] = batch_norm_act_backward_apply_cuda(
-      grad_output, input, weight, bias, mask, mean, invstd, mean_g, mean_gx, activation, negative_slope, residual_grad);
-  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : input.scalar_type();
-  return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
-}
-
 }  // namespace
 }  // namespace cuda
 }  // namespace cnnkit
@@ -170,7 +154,7 @@ TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
   m.impl("batch_norm_stats", &cnnkit::cuda::batch_norm_stats_cuda);
   m.impl("batch_norm_train_stats", &cnnkit::cuda::batch_norm_train_stats_cuda);
   m.impl("batch_norm_act", &cnnkit::cuda::batch_norm_act_cuda);
-  m.impl("batch_norm_act_backward", &cnnkit::cuda::batch_norm_act_backward_cuda);
+  m.impl("batch_norm_act_backward", &cnnkit::batch_norm_act_backward);
   m.impl("batch_norm_act_backward_reduce", &cnnkit::cuda::batch_norm_act_backward_reduce_cuda);
   m.impl("batch_norm_act_backward_apply", &cnnkit::cuda::batch_norm_act_backward_apply_cuda);
 }

@@ -2,6 +2,7 @@
 #include "ops/batch_norm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <cnnkit/batch_norm.h>
 #include <torch/library.h>
 
@@ -155,6 +156,38 @@ ChannelParams batch_norm_channel_params(const at::Tensor& input,
   params.bias = bias.has_value() ? bias->to(stats.dtype()).contiguous()
                                  : at::zeros({channels}, stats);
   return params;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
+    const at::Tensor& invstd, bool batch_stats, int64_t activation, double negative_slope,
+    bool residual_grad) {
+  static const auto reduce =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("cnnkit::batch_norm_act_backward_reduce", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+              const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, int64_t, double)>();
+  static const auto apply =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("cnnkit::batch_norm_act_backward_apply", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+              const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, bool)>();
+  auto [sum_g, sum_gx] = reduce.call(grad_output, input, weight, bias, mask, mean, invstd, activation,
+                                     negative_slope);
+  const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
+  const bool use_batch = batch_stats && count > 0;
+  const at::Tensor mean_g = use_batch ? sum_g / static_cast<double>(count) : at::zeros_like(sum_g);
+  const at::Tensor mean_gx = use_batch ? sum_gx / static_cast<double>(count) : at::zeros_like(sum_gx);
+  auto [grad_input, grad_residual] = apply.call(grad_output, input, weight, bias, mask, mean, invstd,
+                                                mean_g, mean_gx, activation, negative_slope,
+                                                residual_grad);
+  const at::ScalarType param_dtype = weight.has_value() ? weight->scalar_type() : input.scalar_type();
+  return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
 }
 
 }  // namespace cnnkit

@@ -62,4 +62,15 @@ ChannelParams batch_norm_channel_params(const at::Tensor& input,
                                         const c10::optional<at::Tensor>& bias,
                                         const at::Tensor& mean, const at::Tensor& invstd);
 
+// batch_norm_act_backward on every backend: the reduce pass, the batch means of its sums,
+// the apply pass and the parameter gradients, the two passes called through the dispatcher.
+// Each backend registers it as its own kernel of the op, next to its kernels of the passes
+// (not as CompositeExplicitAutograd: the op would then have no CPU or CUDA kernel of its
+// own, which is what the Python side's has_kernel looks for).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
+    const at::Tensor& invstd, bool batch_stats, int64_t activation, double negative_slope,
+    bool residual_grad);
+
 }  // namespace cnnkit
