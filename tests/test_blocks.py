@@ -169,6 +169,32 @@ def test_folded_weights_follow_parameter_updates():
         torch.testing.assert_close(fused(x), eager(x))
 
 
+def test_folded_weights_follow_a_data_swap():
+    fused = randomize(make_block("basic", 16, 16)).eval()
+    eager = make_block("basic", 16, 16, fused=False).eval()
+    eager.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        fused(x)  # fills the cache
+        new_weight = torch.randn_like(fused.conv1.weight) * 0.1
+        fused.conv1.weight.data = new_weight.clone()  # a new storage, the same version
+        eager.conv1.weight.data = new_weight.clone()
+        torch.testing.assert_close(fused(x), eager(x))
+
+
+def test_a_fold_made_in_inference_mode_is_not_reused_under_autograd():
+    fused = randomize(make_block("bottleneck", 32, 8, 2)).eval().requires_grad_(False)
+    eager = make_block("bottleneck", 32, 8, 2, fused=False).eval().requires_grad_(False)
+    eager.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 32, 8, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        fused(x)  # folds made here are inference tensors
+    x_fused, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fused(x_fused).square().sum().backward()
+    eager(x_eager).square().sum().backward()
+    torch.testing.assert_close(x_fused.grad, x_eager.grad)
+
+
 def test_eval_gradients_flow_through_the_folded_path():
     fused = randomize(make_block("bottleneck", 32, 8, 2)).eval()
     eager = make_block("bottleneck", 32, 8, 2, fused=False).eval()

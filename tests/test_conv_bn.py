@@ -125,7 +125,7 @@ def test_eval_gradients_flow_through_the_fold(activation, layout):
     torch.testing.assert_close(x_ours.grad, x_eager.grad)
     for (name, p_ours), p_eager in zip(ours.named_parameters(), eager.parameters()):
         torch.testing.assert_close(p_ours.grad, p_eager.grad, msg=name)
-    assert ours._folded is None  # grads needed: folded on the fly, nothing cached
+    assert ours._fold_cache.cached(ours.conv) is None  # grads needed: folded on the fly, nothing cached
 
 
 def test_eval_input_gradient_with_frozen_parameters_uses_the_cache():
@@ -138,7 +138,7 @@ def test_eval_input_gradient_with_frozen_parameters_uses_the_cache():
     ours(x_ours).sum().backward()
     eager(x_eager).sum().backward()
     torch.testing.assert_close(x_ours.grad, x_eager.grad)
-    assert ours._folded is not None
+    assert ours._fold_cache.cached(ours.conv) is not None
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -218,9 +218,9 @@ def test_cache_is_reused_and_invalidated():
         )
 
     check()
-    cached = ours._folded[1]
+    cached = ours._fold_cache.cached(ours.conv)[0]
     check()
-    assert ours._folded[1] is cached  # nothing changed: no refold
+    assert ours._fold_cache.cached(ours.conv)[0] is cached  # nothing changed: no refold
 
     with torch.no_grad():  # in-place edits of every parameter and buffer
         for mine, theirs in zip(ours.state_dict().values(), eager.state_dict().values()):
@@ -250,7 +250,7 @@ def test_cache_is_reused_and_invalidated():
     opt_eager = torch.optim.SGD(eager.parameters(), lr=0.5)
     ours(x).sum().backward(), eager(x).sum().backward()
     opt.step(), opt_eager.step()
-    assert ours._folded is None  # train() drops the cache
+    assert ours._fold_cache.cached(ours.conv) is None  # train() drops the cache
     ours.eval(), eager.eval()
     check()
 
@@ -266,14 +266,14 @@ def test_copies_do_not_share_the_cache():
     x = torch.randn(2, 3, 6, 6)
     eval_output(ours, x)
     clone = copy.deepcopy(ours)
-    assert clone._folded is None
+    assert clone._fold_cache.cached(clone.conv) is None
     with torch.no_grad():
         clone.bn.bias.add_(1.0)
     buffer = io.BytesIO()
     torch.save(ours, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
-    assert loaded._folded is None
+    assert loaded._fold_cache.cached(loaded.conv) is None
     torch.testing.assert_close(eval_output(ours, x), eval_output(eager, x))
     torch.testing.assert_close(eval_output(loaded, x), eval_output(eager, x))
     assert not torch.allclose(eval_output(clone, x), eval_output(eager, x))

@@ -12,12 +12,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from cnnkit.nn.blocks import (
     BasicBlock,
     Bottleneck,
-    FoldedConvBNCache,
     conv1x1,
     conv_bn_relu,
     default_norm_layer,
     shortcut_norm_layer,
 )
+from cnnkit.nn.fold_cache import FoldedConvBNCache
 
 from ._checks import check_image_batch
 

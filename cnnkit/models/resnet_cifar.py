@@ -9,7 +9,8 @@ the shape changes, so they add no parameters (ResNet-20: 269,722 parameters).
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.nn.blocks import BasicBlock, FoldedConvBNCache, conv_bn_relu, default_norm_layer
+from cnnkit.nn.blocks import BasicBlock, conv_bn_relu, default_norm_layer
+from cnnkit.nn.fold_cache import FoldedConvBNCache
 
 from ._checks import check_image_batch
 

@@ -10,7 +10,8 @@ features.1 BN, ...), the ReLU's slot holds an nn.Identity: the fused norm applie
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cnnkit.nn.blocks import FoldedConvBNCache, default_norm_layer, is_fused_norm
+from cnnkit.nn.blocks import default_norm_layer, is_fused_norm
+from cnnkit.nn.fold_cache import FoldedConvBNCache
 
 from ._checks import check_image_batch
 

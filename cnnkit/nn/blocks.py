@@ -35,9 +35,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from cnnkit.functional.conv_bn import conv2d_bias_act, fold_bn_into_conv
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
 from cnnkit.nn.conv_bn import bn_act_conv
+from cnnkit.nn.fold_cache import FoldedConvBNCache
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -282,92 +282,3 @@ def conv_bn_relu(conv, bn, input, fold_cache, training):
     if training or bn.training or bn.running_mean is None:
         return bn(conv(input))
     return fold_cache.conv_bn_act(conv, bn, input)
-
-
-class FoldedConvBNCache:
-    """Eval-mode conv -> BN [-> add] [-> ReLU] as one convolution with folded weights.
-
-    The folded weights are cached per conv and recomputed when any source tensor changes
-    (a tensor's _version counts its in-place updates: optimizer steps, load_state_dict)
-    or moves to another device or dtype. The cache is skipped where autograd must see the
-    fold (grad enabled with parameters that require grad) and under torch.compile, which
-    folds constants itself.
-    """
-
-    def __init__(self):
-        self._entries = {}
-
-    def __deepcopy__(self, memo):
-        return FoldedConvBNCache()  # a copy's parameters are new tensors: start empty
-
-    def folded(self, conv, bn):
-        sources = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        fold = lambda: fold_bn_into_conv(*sources, bn.eps)  # noqa: E731
-        if torch.compiler.is_compiling() or (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
-        ):
-            return fold()
-        key = tuple((id(t), t._version, t.device, t.dtype) if t is not None else None for t in sources)
-        entry = self._entries.get(id(conv))
-        if entry is None or entry[0] != key:
-            with torch.no_grad():
-                entry = (key, fold())
-            self._entries[id(conv)] = entry
-        return entry[1]
-
-    def conv_bn_act(self, conv, bn, input, activation="relu", residual=None):
-        weight, bias = self.folded(conv, bn)
-        packed = self._prepacked(conv, weight, input, residual)
-        if packed is not None:
-            return _onednn_conv(input, packed, bias, conv, activation, residual)
-        return conv2d_bias_act(
-            input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-            activation=activation, residual=residual,
-        )
-
-    def _prepacked(self, conv, weight, input, residual):
-        """The folded weight reordered once into oneDNN's blocked layout for this input
-        shape, or None where that path does not apply. Without it oneDNN reorders the
-        weight on every call (measured 1.6x slower on a 3x3 conv of ResNet-50)."""
-        if weight.requires_grad or not _onednn_applies(input, weight, conv, residual):
-            return None
-        key = (id(conv), "packed")
-        entry = self._entries.get(key)
-        if entry is None or entry[0] is not weight or entry[1] != input.shape:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                list(input.shape),
-            )
-            entry = (weight, input.shape, packed)
-            self._entries[key] = entry
-        return entry[2]
-
-
-def _onednn_applies(input, weight, conv, residual):
-    """True where one oneDNN call with a prepacked weight computes the conv and its
-    epilogue: float32 channels_last CPU inference without autograd, outside torch.compile
-    (which prepacks weights itself under freezing)."""
-    return (
-        torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
-        and not (torch.is_grad_enabled() and (input.requires_grad or (residual is not None and residual.requires_grad)))
-        and input.device.type == "cpu"
-        and input.dtype == weight.dtype == torch.float32
-        and input.dim() == 4
-        and input.numel() > 0
-        and not isinstance(conv.padding, str)
-        and input.is_contiguous(memory_format=torch.channels_last)
-        and (residual is None or (residual.dtype == input.dtype
-                                  and residual.is_contiguous(memory_format=torch.channels_last)))
-    )
-
-
-def _onednn_conv(input, packed, bias, conv, activation, residual):
-    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    unary = activation or "none"
-    if residual is None:
-        return torch.ops.mkldnn._convolution_pointwise(input, packed, bias, *args, unary, [], "")
-    return torch.ops.mkldnn._convolution_pointwise.binary(
-        input, residual, packed, bias, *args, "add", None, unary, [], ""
-    )

@@ -5,31 +5,11 @@ the BN into the convolution's weight and bias once (cached) and runs one convolu
 the bias, residual add and activation fused into it.
 """
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.functional.conv_bn import (
-    bn_act_conv2d,
-    check_activation,
-    conv2d_bias_act,
-    fold_bn_into_conv,
-)
+from cnnkit.functional.conv_bn import bn_act_conv2d, check_activation
 from cnnkit.nn.batchnorm import BatchNormReLU2d, batch_norm_arguments
-
-
-def _version_key(tensor):
-    """What changes when a tensor's values may have: its version counter (in-place ops,
-    optimizer steps, load_state_dict), its storage (``.data =``, ``.to()``), dtype, device."""
-    if tensor is None:
-        return None
-    if tensor.is_inference():
-        raise _Uncacheable  # inference tensors have no version counter
-    return (tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device, tuple(tensor.shape))
-
-
-class _Uncacheable(Exception):
-    pass
+from cnnkit.nn.fold_cache import FoldedConvBNCache
 
 
 class ConvBNReLU2d(nn.Module):
@@ -55,8 +35,10 @@ class ConvBNReLU2d(nn.Module):
     through ``.data`` bypass version counters, so call ``reset_folded_cache()`` after
     those. When parameters need gradients the fold runs under autograd on every call, so
     gradients reach conv and bn as in eager. The folded convolution, bias, residual add and
-    activation then run as one vendor call where it applies: oneDNN's post-ops on CPU,
-    cuDNN's conv-bias-ReLU on CUDA (see cnnkit.functional.conv2d_bias_act).
+    activation then run as one vendor call where it applies: oneDNN's post-ops on CPU
+    (for float32 channels_last input with the folded weight reordered for oneDNN once),
+    cuDNN's conv-bias-ReLU on CUDA (see cnnkit.functional.conv2d_bias_act and
+    cnnkit.nn.fold_cache, the cache the ResNet and VGG models use too).
     """
 
     def __init__(
@@ -101,7 +83,7 @@ class ConvBNReLU2d(nn.Module):
             negative_slope=negative_slope,
             **factory,
         )
-        self._folded = None
+        self._fold_cache = FoldedConvBNCache()
 
     # One source of truth for train and eval: the fused BN module's own settings.
     @property
@@ -135,7 +117,7 @@ class ConvBNReLU2d(nn.Module):
         nn.Module.__init__(module)
         module.conv = conv
         module.bn = _share_state(bn, activation, negative_slope)
-        module._folded = None
+        module._fold_cache = FoldedConvBNCache()
         module.train(conv.training)
         return module
 
@@ -146,74 +128,24 @@ class ConvBNReLU2d(nn.Module):
             return bn(self.conv(input), residual=residual)
         if input.dim() != 4:  # nn.BatchNorm2d's check: conv2d alone would take unbatched input
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
-        conv = self.conv
-        weight, bias = self._folded_weight_and_bias()
-        padding = conv.padding
-        if conv.padding_mode != "zeros":
-            input = F.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-            padding = 0
-        return conv2d_bias_act(
-            input,
-            weight,
-            bias,
-            conv.stride,
-            padding,
-            conv.dilation,
-            conv.groups,
-            self.activation,
-            self.negative_slope,
-            residual,
+        return self._fold_cache.conv_bn_act(
+            self.conv, bn, input, self.activation, residual, self.negative_slope
         )
 
     # --- the folded eval weights ------------------------------------------------------
 
-    def _fold_sources(self):
-        conv, bn = self.conv, self.bn
-        return (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-
-    def _fold(self):
-        return fold_bn_into_conv(*self._fold_sources(), self.bn.eps)
-
-    def _folded_weight_and_bias(self):
-        params = (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias)
-        needs_grad = torch.is_grad_enabled() and any(
-            p is not None and p.requires_grad for p in params
-        )
-        if needs_grad or torch.compiler.is_compiling():
-            # Differentiable, and traceable: the compiler folds constants itself.
-            return self._fold()
-        try:
-            key = (
-                tuple(_version_key(t) for t in self._fold_sources()),
-                self.bn.eps,
-                torch.is_inference_mode_enabled(),
-            )
-        except _Uncacheable:
-            with torch.no_grad():
-                return self._fold()
-        if self._folded is None or self._folded[0] != key:
-            self._folded = None  # free the old pair before making the new one
-            with torch.no_grad():
-                self._folded = (key, *self._fold())
-        return self._folded[1], self._folded[2]
-
     def reset_folded_cache(self):
         """Forget the folded eval weights (needed only after edits through ``.data``)."""
-        self._folded = None
+        self._fold_cache.clear()
 
     def train(self, mode=True):
         if mode:
-            self._folded = None  # training changes the weights anyway: free the memory
+            self._fold_cache.clear()  # training changes the weights anyway: free the memory
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):
-        self._folded = None  # .to(), .double(), .cuda(), ...: refold from the new tensors
+        self._fold_cache.clear()  # .to(), .double(), .cuda(), ...: refold from the new tensors
         return super()._apply(fn, recurse)
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_folded"] = None  # pickles and deep copies carry no cache
-        return state
 
     # --- loading nn.Sequential(conv, bn[, relu]) state --------------------------------
 
@@ -225,7 +157,7 @@ class ConvBNReLU2d(nn.Module):
             for key in [k for k in state_dict if k.startswith(tuple(renames))]:
                 old = key[: len(prefix) + 2]
                 state_dict[renames[old] + key[len(old) :]] = state_dict.pop(key)
-        self._folded = None
+        self._fold_cache.clear()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
