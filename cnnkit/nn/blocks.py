@@ -77,6 +77,16 @@ class _ResidualBlock(nn.Module):
     """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager, and the
     inference path with each BN folded into the convolution before it."""
 
+    def _finish_init(self, downsample, stride, memory_efficient):
+        """What both blocks set after their layers (downsample last, as in torchvision,
+        so the state_dict keys come in its order)."""
+        self.downsample = downsample
+        self.stride = stride
+        self.memory_efficient = memory_efficient
+        self._recompute = recompute_mode(memory_efficient)
+        self._fused = is_fused_norm(self._norms()[-1])  # the norm that adds the residual
+        self._fold_cache = FoldedConvBNCache()
+
     def _bn_relu(self, bn, input):
         if self._fused:
             return bn(input)
@@ -150,12 +160,7 @@ class BasicBlock(_ResidualBlock):
         self.bn1 = norm_layer(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm_layer(planes)
-        self.downsample = downsample
-        self.stride = stride
-        self.memory_efficient = memory_efficient
-        self._recompute = recompute_mode(memory_efficient)
-        self._fused = is_fused_norm(self.bn2)
-        self._fold_cache = FoldedConvBNCache()
+        self._finish_init(downsample, stride, memory_efficient)
 
     def _norms(self):
         return (self.bn1, self.bn2)
@@ -207,13 +212,8 @@ class Bottleneck(_ResidualBlock):
         self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
-        self.downsample = downsample
-        self.stride = stride
         self.stride_in_1x1 = stride_in_1x1
-        self.memory_efficient = memory_efficient
-        self._recompute = recompute_mode(memory_efficient)
-        self._fused = is_fused_norm(self.bn3)
-        self._fold_cache = FoldedConvBNCache()
+        self._finish_init(downsample, stride, memory_efficient)
 
     def _norms(self):
         return (self.bn1, self.bn2, self.bn3)
