@@ -47,6 +47,32 @@ def make_modules(cin, cout, kernel, memory_format):
     return ours, eager
 
 
+def memory_format_of(layout):
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def peak_mb(fns):
+    """Peak memory of a run of ours and of the eager baseline, in MiB."""
+    return {
+        "peak_mb": round(harness.peak_memory_bytes(fns["cnnkit"]) / 2**20, 1),
+        "baseline_peak_mb": round(harness.peak_memory_bytes(fns["eager"]) / 2**20, 1),
+    }
+
+
+def conv_bn_relu_record(shape, dtype, layout, ms, extra):
+    """The record of an eval or train case: ConvBNReLU2d against the eager sequence."""
+    return harness.record(
+        "conv_bn_relu",
+        shape,
+        dtype,
+        layout,
+        ms["cnnkit"],
+        ms["eager"],
+        "Conv2d->BatchNorm2d->ReLU (eager)",
+        **extra,
+    )
+
+
 def no_grad(fn):
     def run():
         with torch.no_grad():
@@ -56,7 +82,7 @@ def no_grad(fn):
 
 
 def eval_case(cin, cout, kernel, size, layout, batch, rounds):
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    memory_format = memory_format_of(layout)
     ours, eager = make_modules(cin, cout, kernel, memory_format)
     ours.eval(), eager.eval()
     folded = fuse_conv_bn_eval(eager[0], eager[1])
@@ -82,19 +108,9 @@ def eval_case(cin, cout, kernel, size, layout, batch, rounds):
         "x_floor": round(ms["cnnkit"] / ms["bare_conv"], 3),
         "onednn_postop_ms": round(ms["onednn_postop"], 3),
         "conv_relu_ms": round(ms["conv_relu_"], 3),
-        "peak_mb": round(harness.peak_memory_bytes(fns["cnnkit"]) / 2**20, 1),
-        "baseline_peak_mb": round(harness.peak_memory_bytes(fns["eager"]) / 2**20, 1),
+        **peak_mb(fns),
     }
-    return harness.record(
-        "conv_bn_relu",
-        (batch, cin, size, size, cout, kernel),
-        x.dtype,
-        layout,
-        ms["cnnkit"],
-        ms["eager"],
-        "Conv2d->BatchNorm2d->ReLU (eager)",
-        **extra,
-    )
+    return conv_bn_relu_record((batch, cin, size, size, cout, kernel), x.dtype, layout, ms, extra)
 
 
 def forward_backward(module, x, grad):
@@ -109,7 +125,7 @@ def forward_backward(module, x, grad):
 
 
 def train_case(cin, cout, kernel, size, layout, batch, rounds):
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    memory_format = memory_format_of(layout)
     ours, eager = make_modules(cin, cout, kernel, memory_format)
     x = torch.randn(batch, cin, size, size).to(memory_format=memory_format).requires_grad_()
     grad = torch.randn(batch, cout, size, size).to(memory_format=memory_format)
@@ -117,24 +133,14 @@ def train_case(cin, cout, kernel, size, layout, batch, rounds):
     ms = harness.time_interleaved(fns, rounds=rounds)
     extra = {
         "mode": "train fwd+bwd",
-        "peak_mb": round(harness.peak_memory_bytes(fns["cnnkit"]) / 2**20, 1),
-        "baseline_peak_mb": round(harness.peak_memory_bytes(fns["eager"]) / 2**20, 1),
+        **peak_mb(fns),
     }
-    return harness.record(
-        "conv_bn_relu",
-        (batch, cin, size, size, cout, kernel),
-        x.dtype,
-        layout,
-        ms["cnnkit"],
-        ms["eager"],
-        "Conv2d->BatchNorm2d->ReLU (eager)",
-        **extra,
-    )
+    return conv_bn_relu_record((batch, cin, size, size, cout, kernel), x.dtype, layout, ms, extra)
 
 
 def memory_saving_case(cin, cout, kernel, size, layout, batch, rounds):
     """BN(cin) -> ReLU -> conv(cin -> cout): the link inside a ResNet block."""
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    memory_format = memory_format_of(layout)
     bn = nn.BatchNorm2d(cin)
     conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False).to(
         memory_format=memory_format
