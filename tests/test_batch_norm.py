@@ -212,6 +212,29 @@ def test_mismatched_dtype_and_shape_raise_clearly():
         module(meta)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bfloat16_input_with_float32_parameters_as_under_autocast(training, channels_last):
+    # Autocast hands BatchNorm a bfloat16 activation while its parameters and running
+    # statistics stay float32; torch.nn.BatchNorm2d accepts the pair, and so must we.
+    ref, ours = make_pair(6, "relu", torch.float32)
+    ref.train(training), ours.train(training)
+    x = torch.randn(4, 6, 5, 7).mul_(2).add_(0.5).to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape, dtype=torch.bfloat16)
+    results = []
+    for module, forward in ((ref, lambda m, t: torch.relu(m(t))), (ours, lambda m, t: m(t))):
+        xs = x.clone().requires_grad_()
+        out = forward(module, xs)
+        out.backward(grad)
+        results.append((out, xs.grad, module.weight.grad, module.bias.grad,
+                        module.running_mean.clone(), module.running_var.clone()))
+    for expected, actual in zip(*results):
+        assert actual.dtype == expected.dtype
+        torch.testing.assert_close(actual, expected, **TOLERANCE[torch.bfloat16])
+
+
 def test_state_dict_and_from_torch():
     ref = torch.nn.BatchNorm2d(6)
     ref(torch.randn(4, 6, 3, 3))

@@ -18,6 +18,15 @@ def _same_place(name, tensor, input):
         )
 
 
+def _param_dtypes(input):
+    """weight and bias have the input's dtype or, for bfloat16/float16 input, float32: autocast
+    runs the convolution in reduced precision and leaves the BatchNorm parameters in float32,
+    a pair torch.nn.functional.batch_norm accepts too."""
+    if input.dtype in (torch.bfloat16, torch.float16):
+        return (input.dtype, torch.float32)
+    return (input.dtype,)
+
+
 def _check(input, running_mean, running_var, weight, bias, residual, training, synchronised=False):
     if input.dim() < 2:
         raise ValueError(f"batch_norm_act: expected input of 2 or more dimensions (N, C, ...), got {input.dim()}D")
@@ -33,7 +42,7 @@ def _check(input, running_mean, running_var, weight, bias, residual, training, s
             # torch.nn.functional.batch_norm's exception and wording for a channel mismatch.
             raise RuntimeError(f"{name} should contain {channels} elements not {tensor.numel()}")
     for name, tensor in (("weight", weight), ("bias", bias)):
-        if tensor is not None and tensor.dtype != input.dtype:
+        if tensor is not None and tensor.dtype not in _param_dtypes(input):
             raise TypeError(f"batch_norm_act: {name} has dtype {tensor.dtype} but input has {input.dtype}")
     if residual is not None:
         _same_place("residual", residual, input)
