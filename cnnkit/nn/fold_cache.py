@@ -83,10 +83,7 @@ class FoldedConvBNCache:
 
     def folded(self, conv, bn):
         """(weight, bias) of the one convolution equal to eval-mode bn(conv(x))."""
-        fold = self._cached_fold(conv, bn)
-        if fold is None:
-            return fold_bn_into_conv(*_fold_sources(conv, bn), bn.eps)
-        return fold.weight, fold.bias
+        return _weight_and_bias(self._cached_fold(conv, bn), conv, bn)
 
     def conv_bn_act(self, conv, bn, input, activation="relu", residual=None, negative_slope=0.01):
         """act(bn(conv(input)) [+ residual]) for an eval-mode ``bn`` with running
@@ -96,15 +93,14 @@ class FoldedConvBNCache:
             input = F.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
             padding = 0
         fold = self._cached_fold(conv, bn)
-        if fold is None:
-            weight, bias = fold_bn_into_conv(*_fold_sources(conv, bn), bn.eps)
-        else:
-            weight, bias = fold.weight, fold.bias
-        args = (conv.stride, padding, conv.dilation, conv.groups, activation, negative_slope)
-        if fold is not None and _prepacking_applies(input, weight, bias, residual, *args):
-            packed = _prepacked_weight(fold, input.shape, *args[:4])
-            return onednn_conv2d_bias_act(input, packed, bias, *args, residual)
-        return conv2d_bias_act(input, weight, bias, *args, residual)
+        weight, bias = _weight_and_bias(fold, conv, bn)
+        geometry = (conv.stride, padding, conv.dilation, conv.groups)
+        epilogue = (activation, negative_slope, residual)
+        if fold is not None and _prepacking_applies(input, weight, bias, residual, activation,
+                                                    *geometry):
+            packed = _prepacked_weight(fold, input.shape, *geometry)
+            return onednn_conv2d_bias_act(input, packed, bias, *geometry, *epilogue)
+        return conv2d_bias_act(input, weight, bias, *geometry, *epilogue)
 
     def _cached_fold(self, conv, bn):
         """``conv``'s cached _Fold, refolded if a source changed; None where no cache
@@ -131,8 +127,15 @@ class FoldedConvBNCache:
         return fold
 
 
-def _prepacking_applies(input, weight, bias, residual, stride, padding, dilation, groups,
-                        activation, negative_slope):
+def _weight_and_bias(fold, conv, bn):
+    """The cached fold's tensors, or a fold made now where nothing is cached."""
+    if fold is None:
+        return fold_bn_into_conv(*_fold_sources(conv, bn), bn.eps)
+    return fold.weight, fold.bias
+
+
+def _prepacking_applies(input, weight, bias, residual, activation, stride, padding, dilation,
+                        groups):
     """True where oneDNN computes the call and a weight reordered once into its blocked
     layout pays: float32 channels_last input. Without it oneDNN reorders the weight on
     every call (measured 1.6x slower on a 3x3 conv of ResNet-50)."""
