@@ -84,7 +84,7 @@ opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<
 // ---------------------------------------------------------------- statistics
 
 template <typename scalar_t>
-void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, const opmath_t<scalar_t>* pivot,
+void stats_channels_first(const scalar_t* x, const DenseLayout& l, const opmath_t<scalar_t>* pivot,
                           opmath_t<scalar_t>* mean, opmath_t<scalar_t>* m2, int64_t* count) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = l.channels, S = l.positions;
@@ -116,7 +116,7 @@ void stats_channels_first(const scalar_t* x, const BatchNormLayout& l, const opm
 }
 
 template <typename scalar_t>
-void stats_channels_last(const scalar_t* x, const BatchNormLayout& l, const opmath_t<scalar_t>* pivot,
+void stats_channels_last(const scalar_t* x, const DenseLayout& l, const opmath_t<scalar_t>* pivot,
                          opmath_t<scalar_t>* mean, opmath_t<scalar_t>* m2, int64_t* count) {
   using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
@@ -187,8 +187,8 @@ void stats_channels_last(const scalar_t* x, const BatchNormLayout& l, const opma
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_arg) {
   check_batch_norm_input(input_arg);
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const BatchNormLayout layout = batch_norm_layout(input);
+  const at::Tensor input = dense_input(input_arg);
+  const DenseLayout layout = batch_norm_layout(input);
   const auto options = input.options().dtype(batch_norm_stats_dtype(input));
   at::Tensor mean = at::zeros({layout.channels}, options);
   at::Tensor var = at::zeros({layout.channels}, options);
@@ -295,11 +295,11 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
     const at::Tensor& mean, const at::Tensor& invstd, bool batch_stats, int64_t activation,
     double negative_slope) {
   check_batch_norm_act(input_arg, weight, bias, residual_arg, mean, invstd, activation);
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const BatchNormLayout l = batch_norm_layout(input);
+  const at::Tensor input = dense_input(input_arg);
+  const DenseLayout l = batch_norm_layout(input);
   const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
   const bool with_residual = residual_arg.has_value();
-  const at::Tensor residual = with_residual ? batch_norm_dense_like(*residual_arg, input) : at::Tensor();
+  const at::Tensor residual = with_residual ? dense_like(*residual_arg, input) : at::Tensor();
   const bool save_mask = with_residual && activation != bn::kIdentity;
   at::Tensor output = at::empty_like(input);
   at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
@@ -446,11 +446,11 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
     const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
     const at::Tensor& invstd, int64_t activation, double negative_slope) {
   check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const at::Tensor input = dense_input(input_arg);
+  const at::Tensor grad_output = dense_like(grad_output_arg, input);
   const bool with_mask = has_saved_mask(mask_arg) && activation != bn::kIdentity;
-  const at::Tensor mask = with_mask ? batch_norm_dense_like(mask_arg, input) : at::Tensor();
-  const BatchNormLayout l = batch_norm_layout(input);
+  const at::Tensor mask = with_mask ? dense_like(mask_arg, input) : at::Tensor();
+  const DenseLayout l = batch_norm_layout(input);
   const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
   const auto options = input.options().dtype(batch_norm_stats_dtype(input));
   at::Tensor sum_g = at::zeros({l.channels}, options);
@@ -561,11 +561,11 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
                         mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats,
                     "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (",
                     input_arg.size(1), ",) tensors of dtype ", stats);
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const at::Tensor input = dense_input(input_arg);
+  const at::Tensor grad_output = dense_like(grad_output_arg, input);
   const bool with_mask = has_saved_mask(mask_arg) && activation != bn::kIdentity;
-  const at::Tensor mask = with_mask ? batch_norm_dense_like(mask_arg, input) : at::Tensor();
-  const BatchNormLayout l = batch_norm_layout(input);
+  const at::Tensor mask = with_mask ? dense_like(mask_arg, input) : at::Tensor();
+  const DenseLayout l = batch_norm_layout(input);
   const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
   const at::Tensor mg = mean_grad.contiguous(), mgx = mean_grad_centered.contiguous();
   at::Tensor grad_input = at::empty_like(input);

@@ -377,7 +377,7 @@ void backward_block(const in_t* g, const in_t* x, int64_t in_stride, out_t* gx, 
 // but with the block's scratch (`rows_per_lane` opmath values per position) within about
 // an L2 cache, and enough blocks that every thread gets several.
 template <typename acc_t>
-int64_t position_block(int64_t rows_per_lane, const LrnLayout& shape) {
+int64_t position_block(int64_t rows_per_lane, const DenseLayout& shape) {
   constexpr int64_t kScratchBytes = 1024 * 1024, kMaxBlock = 4096, kLanes = 64;
   const int64_t fits = kScratchBytes / (rows_per_lane * static_cast<int64_t>(sizeof(acc_t)));
   const int64_t per_image = at::divup(4 * at::get_num_threads(), shape.batch);
@@ -387,7 +387,7 @@ int64_t position_block(int64_t rows_per_lane, const LrnLayout& shape) {
 }
 
 template <typename scalar_t>
-void forward_channels_first(const scalar_t* x, scalar_t* y, const LrnLayout& shape,
+void forward_channels_first(const scalar_t* x, scalar_t* y, const DenseLayout& shape,
                             const LrnParams& prm) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = shape.channels, S = shape.positions;
@@ -405,7 +405,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, const LrnLayout& sha
 
 template <typename scalar_t>
 void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* gx,
-                             const LrnLayout& shape, const LrnParams& prm) {
+                             const DenseLayout& shape, const LrnParams& prm) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = shape.channels, S = shape.positions;
   // Per lane: the window sums' scratch, C values each of s^-beta and of the terms, and the
@@ -442,7 +442,7 @@ int64_t tile_positions(int64_t rows_per_position) {
 // length of the tile the same thread takes next (0 if none), which follows this one in
 // memory; each thread owns `scratch_size` opmath values of scratch.
 template <typename acc_t, typename Body>
-void for_each_tile(const LrnLayout& shape, int64_t tile, int64_t scratch_size, const Body& body) {
+void for_each_tile(const DenseLayout& shape, int64_t tile, int64_t scratch_size, const Body& body) {
   const int64_t total = shape.batch * shape.positions;
   at::parallel_for(0, at::divup(total, tile), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(scratch_size);
@@ -455,7 +455,7 @@ void for_each_tile(const LrnLayout& shape, int64_t tile, int64_t scratch_size, c
 }
 
 template <typename scalar_t>
-void forward_channels_last(const scalar_t* x, scalar_t* y, const LrnLayout& shape,
+void forward_channels_last(const scalar_t* x, scalar_t* y, const DenseLayout& shape,
                            const LrnParams& prm) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = shape.channels, W = prm.width();
@@ -476,7 +476,7 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, const LrnLayout& shap
 
 template <typename scalar_t>
 void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* gx,
-                            const LrnLayout& shape, const LrnParams& prm) {
+                            const DenseLayout& shape, const LrnParams& prm) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = shape.channels, W = prm.width();
   // Per position: rows of g, x, s^-beta, the terms, the result and bfloat16 staging.
@@ -521,11 +521,11 @@ void advise_huge_pages(const at::Tensor& fresh) {
 at::Tensor local_response_norm_cpu(const at::Tensor& input, int64_t size, double alpha,
                                    double beta, double k, c10::string_view convention) {
   const int parsed = check_local_response_norm(input, size, k, std::string(convention));
-  const at::Tensor x = lrn_dense(input);
+  const at::Tensor x = dense_input(input);
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
   advise_huge_pages(y);
-  const LrnLayout shape = lrn_layout(x);
+  const DenseLayout shape = dense_layout(x);
   const LrnParams prm = make_params(parsed, size, alpha, beta, k);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "local_response_norm_cpu", [&] {
     if (shape.channels_last) {
@@ -544,12 +544,12 @@ at::Tensor local_response_norm_backward_cpu(const at::Tensor& grad_output, const
   TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(),
                     "local_response_norm_backward: grad_output has shape ", grad_output.sizes(),
                     " but input has shape ", input.sizes());
-  const at::Tensor x = lrn_dense(input);
-  const at::Tensor g = lrn_dense_like(grad_output.to(x.scalar_type()), x);
+  const at::Tensor x = dense_input(input);
+  const at::Tensor g = dense_like(grad_output.to(x.scalar_type()), x);
   at::Tensor gx = at::empty_like(x);
   if (x.numel() == 0) return gx;
   advise_huge_pages(gx);
-  const LrnLayout shape = lrn_layout(x);
+  const DenseLayout shape = dense_layout(x);
   const LrnParams prm = make_params(parsed, size, alpha, beta, k);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "local_response_norm_backward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();

@@ -28,16 +28,11 @@ ScalarType launcher_type(at::ScalarType type) {
   }
 }
 
-BatchNormShape launcher_shape(const at::Tensor& dense_input) {
-  const BatchNormLayout l = batch_norm_layout(dense_input);
-  return {l.batch, l.channels, l.positions, l.channels_last};
-}
-
 BatchNormChannels launcher_channels(const ChannelParams& p) {
   return {p.mean.const_data_ptr(), p.invstd.const_data_ptr(), p.weight.const_data_ptr(), p.bias.const_data_ptr()};
 }
 
-at::Tensor workspace_for(const at::Tensor& input, const BatchNormShape& shape) {
+at::Tensor workspace_for(const at::Tensor& input, const DenseLayout& shape) {
   return at::empty({batch_norm_workspace_elements(shape)}, input.options().dtype(batch_norm_stats_dtype(input)));
 }
 
@@ -45,14 +40,14 @@ at::Tensor workspace_for(const at::Tensor& input, const BatchNormShape& shape) {
 // recomputes the activation mask.
 at::Tensor dense_mask(const at::Tensor& mask, const at::Tensor& input, int64_t activation) {
   if (!has_saved_mask(mask) || activation == bn::kIdentity) return at::Tensor();
-  return batch_norm_dense_like(mask, input);
+  return dense_like(mask, input);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input_arg) {
   check_batch_norm_input(input_arg);
   const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const BatchNormShape shape = launcher_shape(input);
+  const at::Tensor input = dense_input(input_arg);
+  const DenseLayout shape = batch_norm_layout(input);
   const auto options = input.options().dtype(batch_norm_stats_dtype(input));
   at::Tensor mean = at::empty({shape.channels}, options);
   at::Tensor var = at::empty({shape.channels}, options);
@@ -79,10 +74,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cuda(
     bool batch_stats, int64_t activation, double negative_slope) {
   check_batch_norm_act(input_arg, weight, bias, residual_arg, mean, invstd, activation);
   const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = batch_norm_dense(input_arg);
+  const at::Tensor input = dense_input(input_arg);
   const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
   const bool with_residual = residual_arg.has_value();
-  const at::Tensor residual = with_residual ? batch_norm_dense_like(*residual_arg, input) : at::Tensor();
+  const at::Tensor residual = with_residual ? dense_like(*residual_arg, input) : at::Tensor();
   const bool save_mask = with_residual && activation != bn::kIdentity;
   at::Tensor output = at::empty_like(input);
   at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
@@ -90,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cuda(
   C10_CUDA_CHECK(batch_norm_act_forward(
       launcher_type(input.scalar_type()), input.const_data_ptr(), with_residual ? residual.const_data_ptr() : nullptr,
       output.mutable_data_ptr(), save_mask ? mask.mutable_data_ptr<bool>() : nullptr, launcher_channels(params),
-      activation, negative_slope, launcher_shape(input), c10::cuda::getCurrentCUDAStream()));
+      activation, negative_slope, batch_norm_layout(input), c10::cuda::getCurrentCUDAStream()));
   return {output, mask};
 }
 
@@ -100,11 +95,11 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
     const at::Tensor& invstd, int64_t activation, double negative_slope) {
   check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
   const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const at::Tensor input = dense_input(input_arg);
+  const at::Tensor grad_output = dense_like(grad_output_arg, input);
   const at::Tensor mask = dense_mask(mask_arg, input, activation);
   const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
-  const BatchNormShape shape = launcher_shape(input);
+  const DenseLayout shape = batch_norm_layout(input);
   const auto options = input.options().dtype(batch_norm_stats_dtype(input));
   at::Tensor sum_g = at::zeros({shape.channels}, options);
   at::Tensor sum_gx = at::zeros({shape.channels}, options);
@@ -130,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cuda(
                     "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (", input_arg.size(1),
                     ",) tensors of dtype ", stats, " on the input's device");
   const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = batch_norm_dense(input_arg);
-  const at::Tensor grad_output = batch_norm_dense_like(grad_output_arg, input);
+  const at::Tensor input = dense_input(input_arg);
+  const at::Tensor grad_output = dense_like(grad_output_arg, input);
   const at::Tensor mask = dense_mask(mask_arg, input, activation);
   const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
   const at::Tensor mg = mean_grad.contiguous(), mgx = mean_grad_centered.contiguous();
@@ -141,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cuda(
       launcher_type(input.scalar_type()), grad_output.const_data_ptr(), input.const_data_ptr(),
       mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), mg.const_data_ptr(),
       mgx.const_data_ptr(), activation, negative_slope, grad_input.mutable_data_ptr(),
-      residual_grad ? grad_residual.mutable_data_ptr() : nullptr, launcher_shape(input),
+      residual_grad ? grad_residual.mutable_data_ptr() : nullptr, batch_norm_layout(input),
       c10::cuda::getCurrentCUDAStream()));
   return {grad_input, grad_residual};
 }

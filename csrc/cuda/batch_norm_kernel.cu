@@ -37,7 +37,7 @@ template <typename T> __device__ __forceinline__ T from_opmath(typename Opmath<T
 template <> __device__ __forceinline__ __half from_opmath<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-int64_t slices_for(const BatchNormShape& s) {
+int64_t slices_for(const DenseLayout& s) {
   const int64_t per_channel = s.batch * s.positions;
   const int64_t slices = (per_channel + 4095) / 4096;
   return slices < 1 ? 1 : (slices > kMaxSlices ? kMaxSlices : slices);
@@ -60,7 +60,7 @@ struct SliceWork {
   bool active;
 };
 
-__device__ __forceinline__ SliceWork slice_work(const BatchNormShape& s) {
+__device__ __forceinline__ SliceWork slice_work(const DenseLayout& s) {
   const int tid = threadIdx.y * kColumns + threadIdx.x;
   if (s.channels_last) {
     const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
@@ -69,7 +69,7 @@ __device__ __forceinline__ SliceWork slice_work(const BatchNormShape& s) {
   return {static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(tid), kThreads, true};
 }
 
-__device__ __forceinline__ void slice_bounds(const BatchNormShape& s, int64_t& begin, int64_t& end) {
+__device__ __forceinline__ void slice_bounds(const DenseLayout& s, int64_t& begin, int64_t& end) {
   const int64_t total = s.batch * s.positions;
   begin = total * blockIdx.y / gridDim.y;
   end = total * (blockIdx.y + 1) / gridDim.y;
@@ -101,7 +101,7 @@ __device__ __forceinline__ bool writes_partial(bool channels_last) {
 // ---------------------------------------------------------------- statistics
 
 template <typename T>
-__global__ void stats_partial_kernel(const T* __restrict__ x, BatchNormShape s,
+__global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
                                      typename Opmath<T>::type* __restrict__ workspace) {
   using acc_t = typename Opmath<T>::type;
   __shared__ acc_t sh_mean[kThreads], sh_m2[kThreads], sh_count[kThreads];
@@ -161,14 +161,14 @@ struct Channels {
   }
 };
 
-__device__ __forceinline__ int64_t channel_of(int64_t index, const BatchNormShape& s) {
+__device__ __forceinline__ int64_t channel_of(int64_t index, const DenseLayout& s) {
   return s.channels_last ? index % s.channels : (index / s.positions) % s.channels;
 }
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
                                bool* __restrict__ mask, Channels<typename Opmath<T>::type> ch, int64_t activation,
-                               typename Opmath<T>::type slope, BatchNormShape s, int64_t numel) {
+                               typename Opmath<T>::type slope, DenseLayout s, int64_t numel) {
   using acc_t = typename Opmath<T>::type;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -195,7 +195,7 @@ template <typename T>
 __global__ void backward_reduce_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                                const bool* __restrict__ mask,
                                                Channels<typename Opmath<T>::type> ch, int64_t activation,
-                                               typename Opmath<T>::type slope, BatchNormShape s,
+                                               typename Opmath<T>::type slope, DenseLayout s,
                                                typename Opmath<T>::type* __restrict__ workspace) {
   using acc_t = typename Opmath<T>::type;
   __shared__ acc_t sh_g[kThreads], sh_gx[kThreads];
@@ -249,7 +249,7 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
                                       const typename Opmath<T>::type* __restrict__ mean_grad,
                                       const typename Opmath<T>::type* __restrict__ mean_grad_centered,
                                       int64_t activation, typename Opmath<T>::type slope, T* __restrict__ dx,
-                                      T* __restrict__ dr, BatchNormShape s, int64_t numel) {
+                                      T* __restrict__ dr, DenseLayout s, int64_t numel) {
   using acc_t = typename Opmath<T>::type;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -270,7 +270,7 @@ unsigned elementwise_blocks(int64_t numel) {
   return static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
 
-dim3 reduce_grid(const BatchNormShape& s) {
+dim3 reduce_grid(const DenseLayout& s) {
   const int64_t columns = s.channels_last ? (s.channels + kColumns - 1) / kColumns : s.channels;
   return dim3(static_cast<unsigned>(columns), static_cast<unsigned>(slices_for(s)));
 }
@@ -295,10 +295,10 @@ cudaError_t dispatch(ScalarType type, const Fn& fn) {
 
 }  // namespace
 
-int64_t batch_norm_workspace_elements(BatchNormShape shape) { return 3 * kMaxSlices * shape.channels; }
+int64_t batch_norm_workspace_elements(DenseLayout shape) { return 3 * kMaxSlices * shape.channels; }
 
 cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, void* var, void* workspace,
-                             BatchNormShape shape, cudaStream_t stream) {
+                             DenseLayout shape, cudaStream_t stream) {
   if (shape.channels == 0) return cudaSuccess;
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
@@ -315,7 +315,7 @@ cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, voi
 
 cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const void* residual, void* output,
                                    bool* mask, BatchNormChannels channels, int64_t activation,
-                                   double negative_slope, BatchNormShape shape, cudaStream_t stream) {
+                                   double negative_slope, DenseLayout shape, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   if (numel == 0) return cudaSuccess;
   return dispatch(type, [&](auto tag) {
@@ -331,7 +331,7 @@ cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const voi
 cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_output, const void* input,
                                            const bool* mask, BatchNormChannels channels, int64_t activation,
                                            double negative_slope, void* sum_grad, void* sum_grad_centered,
-                                           void* workspace, BatchNormShape shape, cudaStream_t stream) {
+                                           void* workspace, DenseLayout shape, cudaStream_t stream) {
   if (shape.channels == 0) return cudaSuccess;
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
@@ -351,7 +351,7 @@ cudaError_t batch_norm_act_backward_apply(ScalarType type, const void* grad_outp
                                           const bool* mask, BatchNormChannels channels, const void* mean_grad,
                                           const void* mean_grad_centered, int64_t activation,
                                           double negative_slope, void* grad_input, void* grad_residual,
-                                          BatchNormShape shape, cudaStream_t stream) {
+                                          DenseLayout shape, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   if (numel == 0) return cudaSuccess;
   return dispatch(type, [&](auto tag) {

@@ -5,6 +5,7 @@
 // for double tensors, float otherwise; weight and bias are never null (the glue passes
 // ones and zeros for a module without them).
 #include <cnnkit/cuda_types.h>
+#include <cnnkit/layout.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -12,17 +13,12 @@
 namespace cnnkit {
 namespace cuda {
 
-struct BatchNormShape {
-  int64_t batch, channels, positions;
-  bool channels_last;  // memory order (N, S, C) instead of (N, C, S)
-};
-
 // Elements of the statistics type the reductions need as scratch.
-int64_t batch_norm_workspace_elements(BatchNormShape shape);
+int64_t batch_norm_workspace_elements(DenseLayout shape);
 
 // Per-channel mean and biased variance (zero for an empty batch).
 cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, void* var, void* workspace,
-                             BatchNormShape shape, cudaStream_t stream);
+                             DenseLayout shape, cudaStream_t stream);
 
 struct BatchNormChannels {
   const void* mean;
@@ -34,20 +30,20 @@ struct BatchNormChannels {
 // output = act(input * scale + shift [+ residual]); mask (nullable) = pre-activation > 0.
 cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const void* residual, void* output,
                                    bool* mask, BatchNormChannels channels, int64_t activation,
-                                   double negative_slope, BatchNormShape shape, cudaStream_t stream);
+                                   double negative_slope, DenseLayout shape, cudaStream_t stream);
 
 // Per-channel sums of g = grad_output * act'(pre) and g * (input - mean); mask may be null.
 cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_output, const void* input,
                                            const bool* mask, BatchNormChannels channels, int64_t activation,
                                            double negative_slope, void* sum_grad, void* sum_grad_centered,
-                                           void* workspace, BatchNormShape shape, cudaStream_t stream);
+                                           void* workspace, DenseLayout shape, cudaStream_t stream);
 
 // grad_input from the batch means of those sums; grad_residual (nullable) = g.
 cudaError_t batch_norm_act_backward_apply(ScalarType type, const void* grad_output, const void* input,
                                           const bool* mask, BatchNormChannels channels, const void* mean_grad,
                                           const void* mean_grad_centered, int64_t activation,
                                           double negative_slope, void* grad_input, void* grad_residual,
-                                          BatchNormShape shape, cudaStream_t stream);
+                                          DenseLayout shape, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace cnnkit

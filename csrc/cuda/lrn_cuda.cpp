@@ -23,19 +23,14 @@ ScalarType launcher_type(at::ScalarType type) {
   }
 }
 
-LrnShape launcher_shape(const at::Tensor& dense_input) {
-  const LrnLayout layout = lrn_layout(dense_input);
-  return {layout.batch, layout.channels, layout.positions, layout.channels_last};
-}
-
 at::Tensor local_response_norm_cuda(const at::Tensor& input, int64_t size, double alpha,
                                     double beta, double k, c10::string_view convention) {
   const int parsed = check_local_response_norm(input, size, k, std::string(convention));
   const c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = lrn_dense(input);
+  const at::Tensor x = dense_input(input);
   at::Tensor y = at::empty_like(x);
   C10_CUDA_CHECK(lrn_forward(launcher_type(x.scalar_type()), x.const_data_ptr(), y.mutable_data_ptr(),
-                             launcher_shape(x), {parsed, size, alpha, beta, k},
+                             dense_layout(x), {parsed, size, alpha, beta, k},
                              c10::cuda::getCurrentCUDAStream()));
   return y;
 }
@@ -51,13 +46,13 @@ at::Tensor local_response_norm_backward_cuda(const at::Tensor& grad_output, cons
                     "local_response_norm_backward: grad_output is on ", grad_output.device(),
                     " but input is on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = lrn_dense(input);
-  const at::Tensor g = lrn_dense_like(grad_output.to(x.scalar_type()), x);
+  const at::Tensor x = dense_input(input);
+  const at::Tensor g = dense_like(grad_output.to(x.scalar_type()), x);
   at::Tensor gx = at::empty_like(x);
   const auto term_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor term = at::empty_like(x, x.options().dtype(term_type));
   C10_CUDA_CHECK(lrn_backward(launcher_type(x.scalar_type()), g.const_data_ptr(), x.const_data_ptr(),
-                              gx.mutable_data_ptr(), term.mutable_data_ptr(), launcher_shape(x),
+                              gx.mutable_data_ptr(), term.mutable_data_ptr(), dense_layout(x),
                               {parsed, size, alpha, beta, k}, c10::cuda::getCurrentCUDAStream()));
   return gx;
 }

@@ -113,7 +113,7 @@ unsigned int blocks_for(int64_t numel) {
 }
 
 template <typename T, typename index_t>
-cudaError_t forward_typed(const void* input, void* output, const LrnShape& shape,
+cudaError_t forward_typed(const void* input, void* output, const DenseLayout& shape,
                           const LrnCoefficients& co, cudaStream_t stream) {
   using acc_t = typename Opmath<T>::type;
   const int64_t numel = shape.batch * shape.channels * shape.positions;
@@ -128,7 +128,7 @@ cudaError_t forward_typed(const void* input, void* output, const LrnShape& shape
 
 template <typename T, typename index_t>
 cudaError_t backward_typed(const void* grad_output, const void* input, void* grad_input, void* term,
-                           const LrnShape& shape, const LrnCoefficients& co, cudaStream_t stream) {
+                           const DenseLayout& shape, const LrnCoefficients& co, cudaStream_t stream) {
   using acc_t = typename Opmath<T>::type;
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   const Indexer<index_t> at{static_cast<index_t>(shape.channels), static_cast<index_t>(shape.positions),
@@ -164,7 +164,7 @@ cudaError_t dispatch(ScalarType type, int64_t numel, const Fn& fn) {
 struct ForwardLaunch {
   const void* input;
   void* output;
-  const LrnShape& shape;
+  const DenseLayout& shape;
   const LrnCoefficients& co;
   cudaStream_t stream;
   template <typename T, typename index_t>
@@ -178,7 +178,7 @@ struct BackwardLaunch {
   const void* input;
   void* grad_input;
   void* term;
-  const LrnShape& shape;
+  const DenseLayout& shape;
   const LrnCoefficients& co;
   cudaStream_t stream;
   template <typename T, typename index_t>
@@ -189,7 +189,7 @@ struct BackwardLaunch {
 
 }  // namespace
 
-cudaError_t lrn_forward(ScalarType type, const void* input, void* output, LrnShape shape,
+cudaError_t lrn_forward(ScalarType type, const void* input, void* output, DenseLayout shape,
                         LrnCoefficients coefficients, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   if (numel == 0) return cudaSuccess;
@@ -197,7 +197,7 @@ cudaError_t lrn_forward(ScalarType type, const void* input, void* output, LrnSha
 }
 
 cudaError_t lrn_backward(ScalarType type, const void* grad_output, const void* input,
-                         void* grad_input, void* term, LrnShape shape,
+                         void* grad_input, void* term, DenseLayout shape,
                          LrnCoefficients coefficients, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   if (numel == 0) return cudaSuccess;

@@ -37,27 +37,12 @@ void check_param(const char* name, const at::Tensor& tensor, const at::Tensor& i
 
 }  // namespace
 
-BatchNormLayout batch_norm_layout(const at::Tensor& dense_input) {
-  const int64_t batch = dense_input.size(0);
-  const int64_t channels = dense_input.size(1);
-  int64_t positions = 1;
-  for (int64_t d = 2; d < dense_input.dim(); ++d) positions *= dense_input.size(d);
+DenseLayout batch_norm_layout(const at::Tensor& dense) {
+  DenseLayout layout = dense_layout(dense);
   // With one position per sample the two orders coincide; the channels-last kernels then
   // vectorise over channels instead of over rows of length one.
-  return {batch, channels, positions, !dense_input.is_contiguous() || positions == 1};
-}
-
-at::Tensor batch_norm_dense(const at::Tensor& input) {
-  if (input.is_contiguous()) return input;
-  if (input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) return input;
-  if (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return input;
-  return input.contiguous();
-}
-
-at::Tensor batch_norm_dense_like(const at::Tensor& tensor, const at::Tensor& dense_input) {
-  if (dense_input.is_contiguous()) return tensor.contiguous();
-  return tensor.contiguous(dense_input.dim() == 4 ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::ChannelsLast3d);
+  layout.channels_last = layout.channels_last || layout.positions == 1;
+  return layout;
 }
 
 at::ScalarType batch_norm_stats_dtype(const at::Tensor& input) {

@@ -5,22 +5,12 @@
 
 #include <c10/util/Optional.h>
 
+#include "ops/layout.h"
+
 namespace cnnkit {
 
-// The input viewed as (N, C, S), S the product of the spatial sizes, dense in
-// channels-first memory order (x[n][c][s]) or channels-last order (x[n][s][c]).
-struct BatchNormLayout {
-  int64_t batch, channels, positions;
-  bool channels_last;
-};
-BatchNormLayout batch_norm_layout(const at::Tensor& dense_input);
-
-// `input` itself when dense in channels-first or channels-last order, else a
-// channels-first copy; outputs are allocated in the same order.
-at::Tensor batch_norm_dense(const at::Tensor& input);
-
-// `tensor` in the memory order of `dense_input` (a result of batch_norm_dense).
-at::Tensor batch_norm_dense_like(const at::Tensor& tensor, const at::Tensor& dense_input);
+// dense_layout(dense), but channels-last also with one position per sample.
+DenseLayout batch_norm_layout(const at::Tensor& dense);
 
 // The dtype of the statistics of an input: float64 for float64 input, float32 otherwise.
 at::ScalarType batch_norm_stats_dtype(const at::Tensor& input);

@@ -43,29 +43,6 @@ int check_local_response_norm(const at::Tensor& input, int64_t size, double k,
   return parsed;
 }
 
-LrnLayout lrn_layout(const at::Tensor& dense_input) {
-  const int64_t batch = dense_input.size(0);
-  const int64_t channels = dense_input.size(1);
-  int64_t positions = 1;
-  for (int64_t d = 2; d < dense_input.dim(); ++d) positions *= dense_input.size(d);
-  // A tensor contiguous in channels-first order takes the channels-first kernel even when it
-  // is also channels-last contiguous (C == 1 or one position): the two orders coincide then.
-  return {batch, channels, positions, !dense_input.is_contiguous()};
-}
-
-at::Tensor lrn_dense(const at::Tensor& input) {
-  if (input.is_contiguous()) return input;
-  if (input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) return input;
-  if (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return input;
-  return input.contiguous();
-}
-
-at::Tensor lrn_dense_like(const at::Tensor& tensor, const at::Tensor& dense_input) {
-  if (dense_input.is_contiguous()) return tensor.contiguous();
-  return tensor.contiguous(dense_input.dim() == 4 ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::ChannelsLast3d);
-}
-
 }  // namespace cnnkit
 
 TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
