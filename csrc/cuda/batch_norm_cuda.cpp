@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "cuda/batch_norm_kernel.h"
+#include "cuda/launcher_types.h"
 #include "ops/batch_norm.h"
 
 namespace cnnkit {
@@ -17,16 +18,6 @@ namespace cuda {
 namespace {
 
 namespace bn = cnnkit::batch_norm;
-
-ScalarType launcher_type(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return ScalarType::kFloat;
-    case at::kDouble: return ScalarType::kDouble;
-    case at::kHalf: return ScalarType::kHalf;
-    case at::kBFloat16: return ScalarType::kBFloat16;
-    default: TORCH_CHECK_TYPE(false, "batch_norm_act: unsupported dtype ", type);
-  }
-}
 
 BatchNormChannels launcher_channels(const ChannelParams& p) {
   return {p.mean.const_data_ptr(), p.invstd.const_data_ptr(), p.weight.const_data_ptr(), p.bias.const_data_ptr()};
@@ -52,9 +43,9 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
   at::Tensor mean = at::empty({shape.channels}, options);
   at::Tensor var = at::empty({shape.channels}, options);
   at::Tensor workspace = workspace_for(input, shape);
-  C10_CUDA_CHECK(batch_norm_stats(launcher_type(input.scalar_type()), input.const_data_ptr(), mean.mutable_data_ptr(),
-                                  var.mutable_data_ptr(), workspace.mutable_data_ptr(), shape,
-                                  c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(batch_norm_stats(launcher_type(input.scalar_type(), "batch_norm_act"), input.const_data_ptr(),
+                                  mean.mutable_data_ptr(), var.mutable_data_ptr(), workspace.mutable_data_ptr(),
+                                  shape, c10::cuda::getCurrentCUDAStream()));
   return {mean, var};
 }
 
@@ -83,9 +74,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cuda(
   at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
                               : at::empty({0}, input.options().dtype(at::kBool));
   C10_CUDA_CHECK(batch_norm_act_forward(
-      launcher_type(input.scalar_type()), input.const_data_ptr(), with_residual ? residual.const_data_ptr() : nullptr,
-      output.mutable_data_ptr(), save_mask ? mask.mutable_data_ptr<bool>() : nullptr, launcher_channels(params),
-      activation, negative_slope, batch_norm_layout(input), c10::cuda::getCurrentCUDAStream()));
+      launcher_type(input.scalar_type(), "batch_norm_act"), input.const_data_ptr(),
+      with_residual ? residual.const_data_ptr() : nullptr, output.mutable_data_ptr(),
+      save_mask ? mask.mutable_data_ptr<bool>() : nullptr, launcher_channels(params), activation, negative_slope,
+      batch_norm_layout(input), c10::cuda::getCurrentCUDAStream()));
   return {output, mask};
 }
 
@@ -105,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
   at::Tensor sum_gx = at::zeros({shape.channels}, options);
   at::Tensor workspace = workspace_for(input, shape);
   C10_CUDA_CHECK(batch_norm_act_backward_reduce(
-      launcher_type(input.scalar_type()), grad_output.const_data_ptr(), input.const_data_ptr(),
+      launcher_type(input.scalar_type(), "batch_norm_act"), grad_output.const_data_ptr(), input.const_data_ptr(),
       mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), activation, negative_slope,
       sum_g.mutable_data_ptr(), sum_gx.mutable_data_ptr(), workspace.mutable_data_ptr(), shape,
       c10::cuda::getCurrentCUDAStream()));
@@ -133,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cuda(
   at::Tensor grad_input = at::empty_like(input);
   at::Tensor grad_residual = residual_grad ? at::empty_like(input) : at::empty({0}, input.options());
   C10_CUDA_CHECK(batch_norm_act_backward_apply(
-      launcher_type(input.scalar_type()), grad_output.const_data_ptr(), input.const_data_ptr(),
+      launcher_type(input.scalar_type(), "batch_norm_act"), grad_output.const_data_ptr(), input.const_data_ptr(),
       mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), mg.const_data_ptr(),
       mgx.const_data_ptr(), activation, negative_slope, grad_input.mutable_data_ptr(),
       residual_grad ? grad_residual.mutable_data_ptr() : nullptr, batch_norm_layout(input),

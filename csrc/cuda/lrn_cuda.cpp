@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/launcher_types.h"
 #include "cuda/lrn_kernel.h"
 #include "ops/lrn.h"
 
@@ -13,25 +14,15 @@ namespace cnnkit {
 namespace cuda {
 namespace {
 
-ScalarType launcher_type(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return ScalarType::kFloat;
-    case at::kDouble: return ScalarType::kDouble;
-    case at::kHalf: return ScalarType::kHalf;
-    case at::kBFloat16: return ScalarType::kBFloat16;
-    default: TORCH_CHECK_VALUE(false, "local_response_norm: unsupported dtype ", type);
-  }
-}
-
 at::Tensor local_response_norm_cuda(const at::Tensor& input, int64_t size, double alpha,
                                     double beta, double k, c10::string_view convention) {
   const int parsed = check_local_response_norm(input, size, k, std::string(convention));
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = dense_input(input);
   at::Tensor y = at::empty_like(x);
-  C10_CUDA_CHECK(lrn_forward(launcher_type(x.scalar_type()), x.const_data_ptr(), y.mutable_data_ptr(),
-                             dense_layout(x), {parsed, size, alpha, beta, k},
-                             c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(lrn_forward(launcher_type(x.scalar_type(), "local_response_norm", DtypeError::kValue),
+                             x.const_data_ptr(), y.mutable_data_ptr(), dense_layout(x),
+                             {parsed, size, alpha, beta, k}, c10::cuda::getCurrentCUDAStream()));
   return y;
 }
 
@@ -51,9 +42,10 @@ at::Tensor local_response_norm_backward_cuda(const at::Tensor& grad_output, cons
   at::Tensor gx = at::empty_like(x);
   const auto term_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor term = at::empty_like(x, x.options().dtype(term_type));
-  C10_CUDA_CHECK(lrn_backward(launcher_type(x.scalar_type()), g.const_data_ptr(), x.const_data_ptr(),
-                              gx.mutable_data_ptr(), term.mutable_data_ptr(), dense_layout(x),
-                              {parsed, size, alpha, beta, k}, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(lrn_backward(launcher_type(x.scalar_type(), "local_response_norm", DtypeError::kValue),
+                              g.const_data_ptr(), x.const_data_ptr(), gx.mutable_data_ptr(),
+                              term.mutable_data_ptr(), dense_layout(x), {parsed, size, alpha, beta, k},
+                              c10::cuda::getCurrentCUDAStream()));
   return gx;
 }
 
