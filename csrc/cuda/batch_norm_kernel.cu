@@ -7,12 +7,10 @@
 // consecutive channels and its 8 rows walk positions, so loads are coalesced either way.
 // The statistics use Welford's update per thread and Chan's merge between threads and
 // slices. The elementwise passes run one thread per element in memory order.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cnnkit/batch_norm.h>
 
-#include "batch_norm_kernel.h"
+#include "cuda/batch_norm_kernel.h"
+#include "cuda/opmath.cuh"
 
 namespace cnnkit {
 namespace cuda {
@@ -25,17 +23,6 @@ constexpr int kRows = 8;
 constexpr int kThreads = kColumns * kRows;
 constexpr int64_t kMaxSlices = 64;
 constexpr int kElementwiseThreads = 256;
-
-template <typename T> struct Opmath { using type = float; };
-template <> struct Opmath<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Opmath<T>::type to_opmath(T v) { return static_cast<typename Opmath<T>::type>(v); }
-template <> __device__ __forceinline__ float to_opmath<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_opmath<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_opmath(typename Opmath<T>::type v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_opmath<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 int64_t slices_for(const DenseLayout& s) {
   const int64_t per_channel = s.batch * s.positions;
@@ -282,17 +269,6 @@ Channels<typename Opmath<T>::type> typed(const BatchNormChannels& c) {
           static_cast<const acc_t*>(c.bias)};
 }
 
-template <typename Fn>
-cudaError_t dispatch(ScalarType type, const Fn& fn) {
-  switch (type) {
-    case ScalarType::kFloat: return fn(float{});
-    case ScalarType::kDouble: return fn(double{});
-    case ScalarType::kHalf: return fn(__half{});
-    case ScalarType::kBFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
 int64_t batch_norm_workspace_elements(DenseLayout shape) { return 3 * kMaxSlices * shape.channels; }
@@ -300,7 +276,7 @@ int64_t batch_norm_workspace_elements(DenseLayout shape) { return 3 * kMaxSlices
 cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, void* var, void* workspace,
                              DenseLayout shape, cudaStream_t stream) {
   if (shape.channels == 0) return cudaSuccess;
-  return dispatch(type, [&](auto tag) {
+  return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
     const dim3 grid = reduce_grid(shape);
@@ -318,7 +294,7 @@ cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const voi
                                    double negative_slope, DenseLayout shape, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   if (numel == 0) return cudaSuccess;
-  return dispatch(type, [&](auto tag) {
+  return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
     forward_kernel<T><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
@@ -333,7 +309,7 @@ cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_out
                                            double negative_slope, void* sum_grad, void* sum_grad_centered,
                                            void* workspace, DenseLayout shape, cudaStream_t stream) {
   if (shape.channels == 0) return cudaSuccess;
-  return dispatch(type, [&](auto tag) {
+  return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
     const dim3 grid = reduce_grid(shape);
@@ -354,7 +330,7 @@ cudaError_t batch_norm_act_backward_apply(ScalarType type, const void* grad_outp
                                           DenseLayout shape, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   if (numel == 0) return cudaSuccess;
-  return dispatch(type, [&](auto tag) {
+  return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
     backward_apply_kernel<T><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(

@@ -6,27 +6,14 @@
 // running sum and so has no cancellation. The backward runs in two kernels: the first
 // writes the term g x s^(-beta-1) of every element, the second sums it over the mirrored
 // window.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cnnkit/lrn.h>
 
 #include "cuda/lrn_kernel.h"
+#include "cuda/opmath.cuh"
 
 namespace cnnkit {
 namespace cuda {
 namespace {
-
-template <typename T> struct Opmath { using type = float; };
-template <> struct Opmath<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Opmath<T>::type to_opmath(T v) { return static_cast<typename Opmath<T>::type>(v); }
-template <> __device__ __forceinline__ float to_opmath<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_opmath<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_opmath(typename Opmath<T>::type v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_opmath<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // Where element `index` sits: its channel, and the distance between neighbouring channels.
 template <typename index_t>
@@ -151,14 +138,10 @@ cudaError_t backward_typed(const void* grad_output, const void* input, void* gra
 template <typename Fn>
 cudaError_t dispatch(ScalarType type, int64_t numel, const Fn& fn) {
   const bool narrow = numel < (int64_t{1} << 31);
-  switch (type) {
-    case ScalarType::kFloat: return narrow ? fn.template run<float, int32_t>() : fn.template run<float, int64_t>();
-    case ScalarType::kDouble: return narrow ? fn.template run<double, int32_t>() : fn.template run<double, int64_t>();
-    case ScalarType::kHalf: return narrow ? fn.template run<__half, int32_t>() : fn.template run<__half, int64_t>();
-    case ScalarType::kBFloat16:
-      return narrow ? fn.template run<__nv_bfloat16, int32_t>() : fn.template run<__nv_bfloat16, int64_t>();
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    return narrow ? fn.template run<T, int32_t>() : fn.template run<T, int64_t>();
+  });
 }
 
 struct ForwardLaunch {
