@@ -540,10 +540,8 @@ at::Tensor local_response_norm_cpu(const at::Tensor& input, int64_t size, double
 at::Tensor local_response_norm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                             int64_t size, double alpha, double beta, double k,
                                             c10::string_view convention) {
-  const int parsed = check_local_response_norm(input, size, k, std::string(convention));
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(),
-                    "local_response_norm_backward: grad_output has shape ", grad_output.sizes(),
-                    " but input has shape ", input.sizes());
+  const int parsed =
+      check_local_response_norm_backward(grad_output, input, size, k, std::string(convention));
   const at::Tensor x = dense_input(input);
   const at::Tensor g = dense_like(grad_output.to(x.scalar_type()), x);
   at::Tensor gx = at::empty_like(x);

@@ -29,13 +29,8 @@ at::Tensor local_response_norm_cuda(const at::Tensor& input, int64_t size, doubl
 at::Tensor local_response_norm_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                              int64_t size, double alpha, double beta, double k,
                                              c10::string_view convention) {
-  const int parsed = check_local_response_norm(input, size, k, std::string(convention));
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(),
-                    "local_response_norm_backward: grad_output has shape ", grad_output.sizes(),
-                    " but input has shape ", input.sizes());
-  TORCH_CHECK_VALUE(grad_output.device() == input.device(),
-                    "local_response_norm_backward: grad_output is on ", grad_output.device(),
-                    " but input is on ", input.device());
+  const int parsed =
+      check_local_response_norm_backward(grad_output, input, size, k, std::string(convention));
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = dense_input(input);
   const at::Tensor g = dense_like(grad_output.to(x.scalar_type()), x);

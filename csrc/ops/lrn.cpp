@@ -43,6 +43,18 @@ int check_local_response_norm(const at::Tensor& input, int64_t size, double k,
   return parsed;
 }
 
+int check_local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                       int64_t size, double k, const std::string& convention) {
+  const int parsed = check_local_response_norm(input, size, k, convention);
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(),
+                    "local_response_norm_backward: grad_output has shape ", grad_output.sizes(),
+                    " but input has shape ", input.sizes());
+  TORCH_CHECK_VALUE(grad_output.device() == input.device(),
+                    "local_response_norm_backward: grad_output is on ", grad_output.device(),
+                    " but input is on ", input.device());
+  return parsed;
+}
+
 }  // namespace cnnkit
 
 TORCH_LIBRARY_FRAGMENT(cnnkit, m) {

@@ -12,4 +12,8 @@ namespace cnnkit {
 int check_local_response_norm(const at::Tensor& input, int64_t size, double k,
                               const std::string& convention);
 
+// check_local_response_norm, then grad_output's shape and device against the input's.
+int check_local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                       int64_t size, double k, const std::string& convention);
+
 }  // namespace cnnkit
