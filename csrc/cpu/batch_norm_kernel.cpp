@@ -290,32 +290,25 @@ void forward_span_with_mask(const scalar_t* x, const scalar_t* residual, scalar_
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
-    const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual_arg,
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
     const at::Tensor& mean, const at::Tensor& invstd, bool batch_stats, int64_t activation,
     double negative_slope) {
-  check_batch_norm_act(input_arg, weight, bias, residual_arg, mean, invstd, activation);
-  const at::Tensor input = dense_input(input_arg);
-  const DenseLayout l = batch_norm_layout(input);
-  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
-  const bool with_residual = residual_arg.has_value();
-  const at::Tensor residual = with_residual ? dense_like(*residual_arg, input) : at::Tensor();
-  const bool save_mask = with_residual && activation != bn::kIdentity;
-  at::Tensor output = at::empty_like(input);
-  at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
-                              : at::empty({0}, input.options().dtype(at::kBool));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_act", [&] {
+  check_batch_norm_act(input, weight, bias, residual, mean, invstd, activation);
+  const BatchNormActTensors t = batch_norm_act_tensors(input, weight, bias, residual, mean, invstd, activation);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act", [&] {
     using acc_t = opmath_t<scalar_t>;
+    const DenseLayout& l = t.layout;
     const int64_t C = l.channels;
     std::vector<acc_t> scale(C), shift(C);
     for (int64_t c = 0; c < C; ++c)
-      bn::forward_coefficients(params.mean.data_ptr<acc_t>()[c], params.invstd.data_ptr<acc_t>()[c],
-                               params.weight.data_ptr<acc_t>()[c], params.bias.data_ptr<acc_t>()[c],
+      bn::forward_coefficients(t.params.mean.data_ptr<acc_t>()[c], t.params.invstd.data_ptr<acc_t>()[c],
+                               t.params.weight.data_ptr<acc_t>()[c], t.params.bias.data_ptr<acc_t>()[c],
                                scale[c], shift[c]);
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* r = with_residual ? residual.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* y = output.data_ptr<scalar_t>();
-    bool* m = save_mask ? mask.data_ptr<bool>() : nullptr;
+    const scalar_t* x = t.input.const_data_ptr<scalar_t>();
+    const scalar_t* r = t.residual.defined() ? t.residual.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y = t.output.data_ptr<scalar_t>();
+    bool* m = t.save_mask ? t.mask.data_ptr<bool>() : nullptr;
     const acc_t slope = static_cast<acc_t>(negative_slope);
     const int64_t span = l.channels_last ? C : l.positions;
     const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * C;
@@ -334,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
       }
     });
   });
-  return {output, mask};
+  return {t.output, t.mask};
 }
 
 // ---------------------------------------------------------------- backward
@@ -442,28 +435,25 @@ void forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale, std
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
-    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
     const at::Tensor& invstd, int64_t activation, double negative_slope) {
-  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
-  const at::Tensor input = dense_input(input_arg);
-  const at::Tensor grad_output = dense_like(grad_output_arg, input);
-  const bool with_mask = has_saved_mask(mask_arg) && activation != bn::kIdentity;
-  const at::Tensor mask = with_mask ? dense_like(mask_arg, input) : at::Tensor();
-  const DenseLayout l = batch_norm_layout(input);
-  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
-  const auto options = input.options().dtype(batch_norm_stats_dtype(input));
+  check_batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd, activation);
+  const BatchNormBackwardTensors t =
+      batch_norm_backward_tensors(grad_output, input, weight, bias, mask, mean, invstd, activation);
+  const DenseLayout& l = t.layout;
+  const auto options = t.input.options().dtype(batch_norm_stats_dtype(t.input));
   at::Tensor sum_g = at::zeros({l.channels}, options);
   at::Tensor sum_gx = at::zeros({l.channels}, options);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_act_backward_reduce", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act_backward_reduce", [&] {
     using acc_t = opmath_t<scalar_t>;
     const int64_t C = l.channels;
     std::vector<acc_t> scale, shift;
-    forward_coefficients(params, scale, shift);
-    const acc_t* mu = params.mean.data_ptr<acc_t>();
-    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const bool* m = with_mask ? mask.const_data_ptr<bool>() : nullptr;
+    forward_coefficients(t.params, scale, shift);
+    const acc_t* mu = t.params.mean.data_ptr<acc_t>();
+    const scalar_t* dy = t.grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* x = t.input.const_data_ptr<scalar_t>();
+    const bool* m = t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr;
     const acc_t slope = static_cast<acc_t>(negative_slope);
     acc_t* out_g = sum_g.data_ptr<acc_t>();
     acc_t* out_gx = sum_gx.data_ptr<acc_t>();
@@ -551,40 +541,33 @@ void apply_span_with_mask(const scalar_t* dy, const scalar_t* x, const bool* mas
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
-    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
     const at::Tensor& invstd, const at::Tensor& mean_grad, const at::Tensor& mean_grad_centered,
     int64_t activation, double negative_slope, bool residual_grad) {
-  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
-  const at::ScalarType stats = batch_norm_stats_dtype(input_arg);
-  TORCH_CHECK_VALUE(mean_grad.numel() == input_arg.size(1) && mean_grad_centered.numel() == input_arg.size(1) &&
-                        mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats,
-                    "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (",
-                    input_arg.size(1), ",) tensors of dtype ", stats);
-  const at::Tensor input = dense_input(input_arg);
-  const at::Tensor grad_output = dense_like(grad_output_arg, input);
-  const bool with_mask = has_saved_mask(mask_arg) && activation != bn::kIdentity;
-  const at::Tensor mask = with_mask ? dense_like(mask_arg, input) : at::Tensor();
-  const DenseLayout l = batch_norm_layout(input);
-  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  check_batch_norm_act_backward_apply(grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
+                                      mean_grad_centered, activation);
+  const BatchNormBackwardTensors t =
+      batch_norm_backward_tensors(grad_output, input, weight, bias, mask, mean, invstd, activation);
   const at::Tensor mg = mean_grad.contiguous(), mgx = mean_grad_centered.contiguous();
-  at::Tensor grad_input = at::empty_like(input);
-  at::Tensor grad_residual = residual_grad ? at::empty_like(input) : at::empty({0}, input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "batch_norm_act_backward_apply", [&] {
+  at::Tensor grad_input = at::empty_like(t.input);
+  at::Tensor grad_residual = residual_grad ? at::empty_like(t.input) : at::empty({0}, t.input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act_backward_apply", [&] {
     using acc_t = opmath_t<scalar_t>;
-    const int64_t C = l.channels;
+    const int64_t C = t.layout.channels;
     std::vector<acc_t> scale, shift, k1(C), k2(C), k3(C);
-    forward_coefficients(params, scale, shift);
+    forward_coefficients(t.params, scale, shift);
     for (int64_t c = 0; c < C; ++c)
-      bn::backward_coefficients(params.mean.data_ptr<acc_t>()[c], params.invstd.data_ptr<acc_t>()[c],
-                                params.weight.data_ptr<acc_t>()[c], mg.data_ptr<acc_t>()[c],
+      bn::backward_coefficients(t.params.mean.data_ptr<acc_t>()[c], t.params.invstd.data_ptr<acc_t>()[c],
+                                t.params.weight.data_ptr<acc_t>()[c], mg.data_ptr<acc_t>()[c],
                                 mgx.data_ptr<acc_t>()[c], k1[c], k2[c], k3[c]);
-    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const bool* m = with_mask ? mask.const_data_ptr<bool>() : nullptr;
+    const scalar_t* dy = t.grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* x = t.input.const_data_ptr<scalar_t>();
+    const bool* m = t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr;
     scalar_t* dx = grad_input.data_ptr<scalar_t>();
     scalar_t* dr = residual_grad ? grad_residual.data_ptr<scalar_t>() : nullptr;
     const acc_t slope = static_cast<acc_t>(negative_slope);
+    const DenseLayout& l = t.layout;
     const int64_t span = l.channels_last ? C : l.positions;
     const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * C;
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));

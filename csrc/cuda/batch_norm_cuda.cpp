@@ -4,7 +4,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cnnkit/batch_norm.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,21 +16,12 @@ namespace cnnkit {
 namespace cuda {
 namespace {
 
-namespace bn = cnnkit::batch_norm;
-
 BatchNormChannels launcher_channels(const ChannelParams& p) {
   return {p.mean.const_data_ptr(), p.invstd.const_data_ptr(), p.weight.const_data_ptr(), p.bias.const_data_ptr()};
 }
 
 at::Tensor workspace_for(const at::Tensor& input, const DenseLayout& shape) {
   return at::empty({batch_norm_workspace_elements(shape)}, input.options().dtype(batch_norm_stats_dtype(input)));
-}
-
-// The saved mask in the input's memory order, or an undefined tensor when backward
-// recomputes the activation mask.
-at::Tensor dense_mask(const at::Tensor& mask, const at::Tensor& input, int64_t activation) {
-  if (!has_saved_mask(mask) || activation == bn::kIdentity) return at::Tensor();
-  return dense_like(mask, input);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input_arg) {
@@ -60,75 +50,58 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_train_stats_cuda(const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_cuda(
-    const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-    const c10::optional<at::Tensor>& residual_arg, const at::Tensor& mean, const at::Tensor& invstd,
-    bool batch_stats, int64_t activation, double negative_slope) {
-  check_batch_norm_act(input_arg, weight, bias, residual_arg, mean, invstd, activation);
-  const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = dense_input(input_arg);
-  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
-  const bool with_residual = residual_arg.has_value();
-  const at::Tensor residual = with_residual ? dense_like(*residual_arg, input) : at::Tensor();
-  const bool save_mask = with_residual && activation != bn::kIdentity;
-  at::Tensor output = at::empty_like(input);
-  at::Tensor mask = save_mask ? at::empty_like(input, input.options().dtype(at::kBool))
-                              : at::empty({0}, input.options().dtype(at::kBool));
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const at::Tensor& mean, const at::Tensor& invstd, bool batch_stats,
+    int64_t activation, double negative_slope) {
+  check_batch_norm_act(input, weight, bias, residual, mean, invstd, activation);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const BatchNormActTensors t = batch_norm_act_tensors(input, weight, bias, residual, mean, invstd, activation);
   C10_CUDA_CHECK(batch_norm_act_forward(
-      launcher_type(input.scalar_type(), "batch_norm_act"), input.const_data_ptr(),
-      with_residual ? residual.const_data_ptr() : nullptr, output.mutable_data_ptr(),
-      save_mask ? mask.mutable_data_ptr<bool>() : nullptr, launcher_channels(params), activation, negative_slope,
-      batch_norm_layout(input), c10::cuda::getCurrentCUDAStream()));
-  return {output, mask};
+      launcher_type(t.input.scalar_type(), "batch_norm_act"), t.input.const_data_ptr(),
+      t.residual.defined() ? t.residual.const_data_ptr() : nullptr, t.output.mutable_data_ptr(),
+      t.save_mask ? t.mask.mutable_data_ptr<bool>() : nullptr, launcher_channels(t.params), activation,
+      negative_slope, t.layout, c10::cuda::getCurrentCUDAStream()));
+  return {t.output, t.mask};
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
-    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
     const at::Tensor& invstd, int64_t activation, double negative_slope) {
-  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
-  const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = dense_input(input_arg);
-  const at::Tensor grad_output = dense_like(grad_output_arg, input);
-  const at::Tensor mask = dense_mask(mask_arg, input, activation);
-  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
-  const DenseLayout shape = batch_norm_layout(input);
-  const auto options = input.options().dtype(batch_norm_stats_dtype(input));
-  at::Tensor sum_g = at::zeros({shape.channels}, options);
-  at::Tensor sum_gx = at::zeros({shape.channels}, options);
-  at::Tensor workspace = workspace_for(input, shape);
+  check_batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd, activation);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const BatchNormBackwardTensors t =
+      batch_norm_backward_tensors(grad_output, input, weight, bias, mask, mean, invstd, activation);
+  const auto options = t.input.options().dtype(batch_norm_stats_dtype(t.input));
+  at::Tensor sum_g = at::zeros({t.layout.channels}, options);
+  at::Tensor sum_gx = at::zeros({t.layout.channels}, options);
+  at::Tensor workspace = workspace_for(t.input, t.layout);
   C10_CUDA_CHECK(batch_norm_act_backward_reduce(
-      launcher_type(input.scalar_type(), "batch_norm_act"), grad_output.const_data_ptr(), input.const_data_ptr(),
-      mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), activation, negative_slope,
-      sum_g.mutable_data_ptr(), sum_gx.mutable_data_ptr(), workspace.mutable_data_ptr(), shape,
-      c10::cuda::getCurrentCUDAStream()));
+      launcher_type(t.input.scalar_type(), "batch_norm_act"), t.grad_output.const_data_ptr(),
+      t.input.const_data_ptr(), t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr,
+      launcher_channels(t.params), activation, negative_slope, sum_g.mutable_data_ptr(), sum_gx.mutable_data_ptr(),
+      workspace.mutable_data_ptr(), t.layout, c10::cuda::getCurrentCUDAStream()));
   return {sum_g, sum_gx};
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cuda(
-    const at::Tensor& grad_output_arg, const at::Tensor& input_arg, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& mask_arg, const at::Tensor& mean,
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mask, const at::Tensor& mean,
     const at::Tensor& invstd, const at::Tensor& mean_grad, const at::Tensor& mean_grad_centered, int64_t activation,
     double negative_slope, bool residual_grad) {
-  check_batch_norm_act_backward(grad_output_arg, input_arg, weight, bias, mask_arg, mean, invstd, activation);
-  const at::ScalarType stats = batch_norm_stats_dtype(input_arg);
-  TORCH_CHECK_VALUE(mean_grad.numel() == input_arg.size(1) && mean_grad_centered.numel() == input_arg.size(1) &&
-                        mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats &&
-                        mean_grad.device() == input_arg.device() && mean_grad_centered.device() == input_arg.device(),
-                    "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (", input_arg.size(1),
-                    ",) tensors of dtype ", stats, " on the input's device");
-  const c10::cuda::CUDAGuard guard(input_arg.device());
-  const at::Tensor input = dense_input(input_arg);
-  const at::Tensor grad_output = dense_like(grad_output_arg, input);
-  const at::Tensor mask = dense_mask(mask_arg, input, activation);
-  const ChannelParams params = batch_norm_channel_params(input, weight, bias, mean, invstd);
+  check_batch_norm_act_backward_apply(grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
+                                      mean_grad_centered, activation);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const BatchNormBackwardTensors t =
+      batch_norm_backward_tensors(grad_output, input, weight, bias, mask, mean, invstd, activation);
   const at::Tensor mg = mean_grad.contiguous(), mgx = mean_grad_centered.contiguous();
-  at::Tensor grad_input = at::empty_like(input);
-  at::Tensor grad_residual = residual_grad ? at::empty_like(input) : at::empty({0}, input.options());
+  at::Tensor grad_input = at::empty_like(t.input);
+  at::Tensor grad_residual = residual_grad ? at::empty_like(t.input) : at::empty({0}, t.input.options());
   C10_CUDA_CHECK(batch_norm_act_backward_apply(
-      launcher_type(input.scalar_type(), "batch_norm_act"), grad_output.const_data_ptr(), input.const_data_ptr(),
-      mask.defined() ? mask.const_data_ptr<bool>() : nullptr, launcher_channels(params), mg.const_data_ptr(),
-      mgx.const_data_ptr(), activation, negative_slope, grad_input.mutable_data_ptr(),
-      residual_grad ? grad_residual.mutable_data_ptr() : nullptr, batch_norm_layout(input),
+      launcher_type(t.input.scalar_type(), "batch_norm_act"), t.grad_output.const_data_ptr(),
+      t.input.const_data_ptr(), t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr,
+      launcher_channels(t.params), mg.const_data_ptr(), mgx.const_data_ptr(), activation, negative_slope,
+      grad_input.mutable_data_ptr(), residual_grad ? grad_residual.mutable_data_ptr() : nullptr, t.layout,
       c10::cuda::getCurrentCUDAStream()));
   return {grad_input, grad_residual};
 }

@@ -102,6 +102,23 @@ void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tens
   }
 }
 
+void check_batch_norm_act_backward_apply(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const c10::optional<at::Tensor>& weight,
+                                         const c10::optional<at::Tensor>& bias,
+                                         const at::Tensor& mask, const at::Tensor& mean,
+                                         const at::Tensor& invstd, const at::Tensor& mean_grad,
+                                         const at::Tensor& mean_grad_centered, int64_t activation) {
+  check_batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd, activation);
+  const at::ScalarType stats = batch_norm_stats_dtype(input);
+  const int64_t channels = input.size(1);
+  TORCH_CHECK_VALUE(mean_grad.numel() == channels && mean_grad_centered.numel() == channels &&
+                        mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats &&
+                        mean_grad.device() == input.device() &&
+                        mean_grad_centered.device() == input.device(),
+                    "batch_norm_act_backward_apply: mean_grad and mean_grad_centered must be (",
+                    channels, ",) tensors of dtype ", stats, " on the input's device");
+}
+
 std::tuple<at::Tensor, at::Tensor> batch_norm_finish_train_stats(
     const at::Tensor& mean, const at::Tensor& var, int64_t count,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
@@ -141,6 +158,39 @@ ChannelParams batch_norm_channel_params(const at::Tensor& input,
   params.bias = bias.has_value() ? bias->to(stats.dtype()).contiguous()
                                  : at::zeros({channels}, stats);
   return params;
+}
+
+BatchNormActTensors batch_norm_act_tensors(const at::Tensor& input,
+                                           const c10::optional<at::Tensor>& weight,
+                                           const c10::optional<at::Tensor>& bias,
+                                           const c10::optional<at::Tensor>& residual,
+                                           const at::Tensor& mean, const at::Tensor& invstd,
+                                           int64_t activation) {
+  BatchNormActTensors t;
+  t.input = dense_input(input);
+  t.layout = batch_norm_layout(t.input);
+  t.params = batch_norm_channel_params(t.input, weight, bias, mean, invstd);
+  if (residual.has_value()) t.residual = dense_like(*residual, t.input);
+  t.save_mask = residual.has_value() && activation != batch_norm::kIdentity;
+  t.output = at::empty_like(t.input);
+  t.mask = t.save_mask ? at::empty_like(t.input, t.input.options().dtype(at::kBool))
+                       : at::empty({0}, t.input.options().dtype(at::kBool));
+  return t;
+}
+
+BatchNormBackwardTensors batch_norm_backward_tensors(const at::Tensor& grad_output,
+                                                     const at::Tensor& input,
+                                                     const c10::optional<at::Tensor>& weight,
+                                                     const c10::optional<at::Tensor>& bias,
+                                                     const at::Tensor& mask, const at::Tensor& mean,
+                                                     const at::Tensor& invstd, int64_t activation) {
+  BatchNormBackwardTensors t;
+  t.input = dense_input(input);
+  t.grad_output = dense_like(grad_output, t.input);
+  if (has_saved_mask(mask) && activation != batch_norm::kIdentity) t.mask = dense_like(mask, t.input);
+  t.layout = batch_norm_layout(t.input);
+  t.params = batch_norm_channel_params(t.input, weight, bias, mean, invstd);
+  return t;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(

@@ -30,6 +30,14 @@ void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tens
                                    const at::Tensor& mean, const at::Tensor& invstd,
                                    int64_t activation);
 
+// Checks of batch_norm_act_backward_apply: the backward ops' checks plus the two means.
+void check_batch_norm_act_backward_apply(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const c10::optional<at::Tensor>& weight,
+                                         const c10::optional<at::Tensor>& bias,
+                                         const at::Tensor& mask, const at::Tensor& mean,
+                                         const at::Tensor& invstd, const at::Tensor& mean_grad,
+                                         const at::Tensor& mean_grad_centered, int64_t activation);
+
 // The rest of batch_norm_train_stats once the batch's (mean, biased var) over `count`
 // values per channel are known: updates the running statistics in place as
 // nn.BatchNorm2d does (unbiased variance, factor momentum; not at all for an empty batch)
@@ -51,6 +59,40 @@ ChannelParams batch_norm_channel_params(const at::Tensor& input,
                                         const c10::optional<at::Tensor>& weight,
                                         const c10::optional<at::Tensor>& bias,
                                         const at::Tensor& mean, const at::Tensor& invstd);
+
+// batch_norm_act's tensors as every backend's kernels take them (after its checks): the
+// input dense and the residual in its memory order (undefined when none is given), the
+// per-channel parameters, and the outputs allocated in that order: output, and the mask
+// (pre-activation > 0) when save_mask (a residual and an activation are given), else an
+// empty bool tensor.
+struct BatchNormActTensors {
+  at::Tensor input, residual, output, mask;
+  DenseLayout layout;
+  ChannelParams params;
+  bool save_mask;
+};
+BatchNormActTensors batch_norm_act_tensors(const at::Tensor& input,
+                                           const c10::optional<at::Tensor>& weight,
+                                           const c10::optional<at::Tensor>& bias,
+                                           const c10::optional<at::Tensor>& residual,
+                                           const at::Tensor& mean, const at::Tensor& invstd,
+                                           int64_t activation);
+
+// The backward passes' tensors as every backend's kernels take them (after the checks): the
+// input dense, grad_output and the saved mask in its memory order, and the per-channel
+// parameters. The mask is undefined where the pass recomputes the activation's sign (none
+// saved, or no activation).
+struct BatchNormBackwardTensors {
+  at::Tensor input, grad_output, mask;
+  DenseLayout layout;
+  ChannelParams params;
+};
+BatchNormBackwardTensors batch_norm_backward_tensors(const at::Tensor& grad_output,
+                                                     const at::Tensor& input,
+                                                     const c10::optional<at::Tensor>& weight,
+                                                     const c10::optional<at::Tensor>& bias,
+                                                     const at::Tensor& mask, const at::Tensor& mean,
+                                                     const at::Tensor& invstd, int64_t activation);
 
 // batch_norm_act_backward on every backend: the reduce pass, the batch means of its sums,
 // the apply pass and the parameter gradients, the two passes called through the dispatcher.
