@@ -289,6 +289,36 @@ void forward_span_with_mask(const scalar_t* x, const scalar_t* residual, scalar_
   });
 }
 
+// The per-channel coefficients of the forward: pre = x * scale + shift.
+template <typename acc_t>
+void forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
+  const int64_t C = p.mean.numel();
+  scale.resize(C);
+  shift.resize(C);
+  for (int64_t c = 0; c < C; ++c)
+    bn::forward_coefficients(p.mean.data_ptr<acc_t>()[c], p.invstd.data_ptr<acc_t>()[c],
+                             p.weight.data_ptr<acc_t>()[c], p.bias.data_ptr<acc_t>()[c], scale[c], shift[c]);
+}
+
+// Runs fn(offset, n, c, per_lane) in parallel over the spans of the elementwise passes: the
+// rows of n = S values of one channel c (channels-first; per_lane std::false_type) or the
+// n = C values of one position (channels-last; c = 0, per_lane std::true_type).
+template <typename Fn>
+void for_each_span(const DenseLayout& l, const Fn& fn) {
+  const int64_t span = l.channels_last ? l.channels : l.positions;
+  const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * l.channels;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));
+  at::parallel_for(0, spans, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      if (l.channels_last) {
+        fn(s * span, span, int64_t{0}, std::true_type{});
+      } else {
+        fn(s * span, span, s % l.channels, std::false_type{});
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
@@ -298,33 +328,16 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
   const BatchNormActTensors t = batch_norm_act_tensors(input, weight, bias, residual, mean, invstd, activation);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act", [&] {
     using acc_t = opmath_t<scalar_t>;
-    const DenseLayout& l = t.layout;
-    const int64_t C = l.channels;
-    std::vector<acc_t> scale(C), shift(C);
-    for (int64_t c = 0; c < C; ++c)
-      bn::forward_coefficients(t.params.mean.data_ptr<acc_t>()[c], t.params.invstd.data_ptr<acc_t>()[c],
-                               t.params.weight.data_ptr<acc_t>()[c], t.params.bias.data_ptr<acc_t>()[c],
-                               scale[c], shift[c]);
+    std::vector<acc_t> scale, shift;
+    forward_coefficients(t.params, scale, shift);
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const scalar_t* r = t.residual.defined() ? t.residual.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = t.output.data_ptr<scalar_t>();
     bool* m = t.save_mask ? t.mask.data_ptr<bool>() : nullptr;
     const acc_t slope = static_cast<acc_t>(negative_slope);
-    const int64_t span = l.channels_last ? C : l.positions;
-    const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * C;
-    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));
-    at::parallel_for(0, spans, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) {
-        const int64_t offset = s * span;
-        if (l.channels_last) {
-          forward_span_with_mask<true>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
-                             span, scale.data(), shift.data(), activation, slope);
-        } else {
-          const int64_t c = s % C;
-          forward_span_with_mask<false>(x + offset, r ? r + offset : nullptr, y + offset, m ? m + offset : nullptr,
-                              span, scale.data() + c, shift.data() + c, activation, slope);
-        }
-      }
+    for_each_span(t.layout, [&](int64_t o, int64_t n, int64_t c, auto per_lane) {
+      forward_span_with_mask<decltype(per_lane)::value>(x + o, r ? r + o : nullptr, y + o, m ? m + o : nullptr, n,
+                                                        scale.data() + c, shift.data() + c, activation, slope);
     });
   });
   return {t.output, t.mask};
@@ -422,16 +435,6 @@ void reduce_span_with_mask(const scalar_t* dy, const scalar_t* x, const bool* ma
     reduce_span<kPerLane>(dy + t, x + t, sign, len, scale + k, shift + k, mean + k, activation, slope,
                           sum_g + k, sum_gx + k);
   });
-}
-
-template <typename acc_t>
-void forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
-  const int64_t C = p.mean.numel();
-  scale.resize(C);
-  shift.resize(C);
-  for (int64_t c = 0; c < C; ++c)
-    bn::forward_coefficients(p.mean.data_ptr<acc_t>()[c], p.invstd.data_ptr<acc_t>()[c],
-                             p.weight.data_ptr<acc_t>()[c], p.bias.data_ptr<acc_t>()[c], scale[c], shift[c]);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
@@ -567,21 +570,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
     scalar_t* dx = grad_input.data_ptr<scalar_t>();
     scalar_t* dr = residual_grad ? grad_residual.data_ptr<scalar_t>() : nullptr;
     const acc_t slope = static_cast<acc_t>(negative_slope);
-    const DenseLayout& l = t.layout;
-    const int64_t span = l.channels_last ? C : l.positions;
-    const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * C;
-    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));
-    at::parallel_for(0, spans, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) {
-        const int64_t o = s * span;
-        const int64_t c = l.channels_last ? 0 : s % C;
-        const auto run = [&](auto per_lane) {
-          apply_span_with_mask<decltype(per_lane)::value>(dy + o, x + o, m ? m + o : nullptr, dx + o, dr ? dr + o : nullptr,
-                                                span, scale.data() + c, shift.data() + c, k1.data() + c,
-                                                k2.data() + c, k3.data() + c, activation, slope);
-        };
-        if (l.channels_last) run(std::true_type{}); else run(std::false_type{});
-      }
+    for_each_span(t.layout, [&](int64_t o, int64_t n, int64_t c, auto per_lane) {
+      apply_span_with_mask<decltype(per_lane)::value>(dy + o, x + o, m ? m + o : nullptr, dx + o,
+                                                      dr ? dr + o : nullptr, n, scale.data() + c, shift.data() + c,
+                                                      k1.data() + c, k2.data() + c, k3.data() + c, activation, slope);
     });
   });
   return {grad_input, grad_residual};
