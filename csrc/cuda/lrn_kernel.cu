@@ -24,6 +24,9 @@ struct Indexer {
     return channels_last ? index % channels : (index / positions) % channels;
   }
   __device__ __forceinline__ index_t channel_stride() const { return channels_last ? 1 : positions; }
+  static Indexer of(const DenseLayout& s) {
+    return {static_cast<index_t>(s.channels), static_cast<index_t>(s.positions), s.channels_last};
+  }
 };
 
 template <typename acc_t, typename Load, typename index_t>
@@ -36,6 +39,18 @@ __device__ __forceinline__ acc_t window_sum(index_t index, index_t c, index_t ch
   return sum;
 }
 
+// The scale of element `index` (channel c, channels `stride` apart): s = k + a * (the sum
+// of x^2 over its window).
+template <typename T, typename index_t>
+__device__ __forceinline__ typename Opmath<T>::type scale_at(const T* __restrict__ x, index_t index, index_t c,
+                                                             index_t channels, index_t stride,
+                                                             const lrn::Window& window, typename Opmath<T>::type a,
+                                                             typename Opmath<T>::type k) {
+  using acc_t = typename Opmath<T>::type;
+  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
+  return lrn::scale<acc_t>(k, a, window_sum<acc_t>(index, c, channels, stride, window.before, window.after, square));
+}
+
 template <typename T, typename index_t>
 __global__ void lrn_forward_kernel(const T* __restrict__ x, T* __restrict__ y, index_t numel,
                                    Indexer<index_t> at, lrn::Window window,
@@ -43,12 +58,9 @@ __global__ void lrn_forward_kernel(const T* __restrict__ x, T* __restrict__ y, i
                                    typename Opmath<T>::type k) {
   using acc_t = typename Opmath<T>::type;
   const index_t stride = at.channel_stride();
-  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
   for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < numel;
        index += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const acc_t sum = window_sum<acc_t>(index, at.channel(index), at.channels, stride,
-                                        window.before, window.after, square);
-    const acc_t s = lrn::scale<acc_t>(k, a, sum);
+    const acc_t s = scale_at(x, index, at.channel(index), at.channels, stride, window, a, k);
     y[index] = from_opmath<T>(lrn::output<acc_t>(to_opmath(x[index]), lrn::power(s, -beta)));
   }
 }
@@ -61,11 +73,9 @@ __global__ void lrn_backward_term_kernel(const T* __restrict__ g, const T* __res
                                          typename Opmath<T>::type k) {
   using acc_t = typename Opmath<T>::type;
   const index_t stride = at.channel_stride();
-  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
   for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < numel;
        index += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const acc_t s = lrn::scale<acc_t>(k, a, window_sum<acc_t>(index, at.channel(index), at.channels, stride,
-                                                              window.before, window.after, square));
+    const acc_t s = scale_at(x, index, at.channel(index), at.channels, stride, window, a, k);
     term[index] = lrn::backward_term<acc_t>(to_opmath(g[index]), to_opmath(x[index]), s, lrn::power(s, -beta));
   }
 }
@@ -78,13 +88,11 @@ __global__ void lrn_backward_input_kernel(const T* __restrict__ g, const T* __re
                                           typename Opmath<T>::type beta, typename Opmath<T>::type k) {
   using acc_t = typename Opmath<T>::type;
   const index_t stride = at.channel_stride();
-  auto square = [&](index_t i) { const acc_t v = to_opmath(x[i]); return v * v; };
   auto term_at = [&](index_t i) { return term[i]; };
   for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < numel;
        index += static_cast<index_t>(gridDim.x) * blockDim.x) {
     const index_t c = at.channel(index);
-    const acc_t s = lrn::scale<acc_t>(k, a, window_sum<acc_t>(index, c, at.channels, stride,
-                                                              window.before, window.after, square));
+    const acc_t s = scale_at(x, index, c, at.channels, stride, window, a, k);
     // The mirrored window: the outputs whose windows contain this channel.
     const acc_t terms = window_sum<acc_t>(index, c, at.channels, stride, window.after, window.before, term_at);
     gx[index] = from_opmath<T>(lrn::grad_input<acc_t>(to_opmath(g[index]), to_opmath(x[index]),
@@ -104,8 +112,7 @@ cudaError_t forward_typed(const void* input, void* output, const DenseLayout& sh
                           const LrnCoefficients& co, cudaStream_t stream) {
   using acc_t = typename Opmath<T>::type;
   const int64_t numel = shape.batch * shape.channels * shape.positions;
-  const Indexer<index_t> at{static_cast<index_t>(shape.channels), static_cast<index_t>(shape.positions),
-                            shape.channels_last};
+  const Indexer<index_t> at = Indexer<index_t>::of(shape);
   lrn_forward_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
       static_cast<const T*>(input), static_cast<T*>(output), static_cast<index_t>(numel), at,
       lrn::window(co.convention, co.size), static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha)),
@@ -118,8 +125,7 @@ cudaError_t backward_typed(const void* grad_output, const void* input, void* gra
                            const DenseLayout& shape, const LrnCoefficients& co, cudaStream_t stream) {
   using acc_t = typename Opmath<T>::type;
   const int64_t numel = shape.batch * shape.channels * shape.positions;
-  const Indexer<index_t> at{static_cast<index_t>(shape.channels), static_cast<index_t>(shape.positions),
-                            shape.channels_last};
+  const Indexer<index_t> at = Indexer<index_t>::of(shape);
   const lrn::Window window = lrn::window(co.convention, co.size);
   const acc_t a = static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha));
   const T* g = static_cast<const T*>(grad_output);
