@@ -31,7 +31,7 @@ def registered_ops():
 def dense_memory_format(input):
     """The memory order of every kernel's activation-sized outputs: the input's own when it
     is dense channels-first or channels-last, channels-first otherwise (the C++ ops make
-    such an input dense first: csrc/ops/batch_norm.cpp, csrc/ops/lrn.cpp)."""
+    such an input dense first: dense_input in csrc/ops/layout.cpp)."""
     if input.is_contiguous():
         return torch.contiguous_format
     if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
