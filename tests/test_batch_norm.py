@@ -195,15 +195,58 @@ def test_errors_match_torch():
         ours(torch.randn(2, 3, 4, 4))
 
 
+_FUNCTIONAL_BAD_CALLS = {
+    "eps 0 in training": (dict(training=True, eps=0.0), {}),
+    "negative eps in eval": (dict(training=False, eps=-1e-5), {}),
+    "integer input": (dict(training=False), dict(dtype=torch.int64)),
+    "float64 input, float32 weight": (dict(training=False), dict(dtype=torch.float64)),
+    "one value per channel, wrong channels": (dict(training=True), dict(shape=(1, 5, 1, 1))),
+    "running_var missing in eval": (dict(training=False, running_var=None), {}),
+    "running_mean missing in eval": (dict(training=False, running_mean=None), {}),
+    "running_mean missing in training": (dict(training=True, running_mean=None), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FUNCTIONAL_BAD_CALLS))
+def test_functional_errors_match_torch(case):
+    """The exception torch.nn.functional.batch_norm raises for the same call, of the same type
+    and (where it names the argument) the same wording."""
+    arguments, input_spec = _FUNCTIONAL_BAD_CALLS[case]
+    input = torch.ones(input_spec.get("shape", (2, 4, 3, 3)), dtype=input_spec.get("dtype", torch.float32))
+    call = dict(running_mean=torch.zeros(4), running_var=torch.ones(4), weight=torch.ones(4),
+                bias=torch.zeros(4), training=False, momentum=0.1, eps=1e-5)
+    call.update(arguments)
+    with pytest.raises(Exception) as expected:
+        F.batch_norm(input, **call)
+    with pytest.raises(expected.type) as ours:
+        CF.batch_norm_act(input, **call, activation=None)
+    if expected.type is ValueError or "must be defined" in str(expected.value):
+        assert str(ours.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_zero_channels_give_empty_results(training, layout):
+    """Empty results, as torch.nn.functional.batch_norm gives without weights (with them
+    torch raises an IndexError from deep inside, in training)."""
+    x = torch.randn(2, 0, 3, 3).contiguous(memory_format=layout).requires_grad_()
+    weight, bias = torch.ones(0, requires_grad=True), torch.zeros(0, requires_grad=True)
+    residual = torch.randn(2, 0, 3, 3, requires_grad=True)
+    y = CF.batch_norm_act(x, torch.zeros(0), torch.ones(0), weight, bias, training, residual=residual)
+    assert y.shape == F.batch_norm(x, torch.zeros(0), torch.ones(0), None, None, training).shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and weight.grad.shape == (0,) and residual.grad.shape == x.shape
+
+
 def test_mismatched_dtype_and_shape_raise_clearly():
     module = cnn.BatchNormReLU2d(4)
     with pytest.raises(TypeError, match="residual"):
         module(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="residual must have the input's shape"):
         module(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 2))
-    with pytest.raises(TypeError, match="weight has dtype"):
+    with pytest.raises(RuntimeError, match="weight has dtype"):
         module(torch.randn(2, 4, 3, 3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(NotImplementedError, match="floating point"):
         module(torch.ones(2, 4, 3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="activation must be one of"):
         cnn.BatchNormReLU2d(4, activation="gelu")

@@ -27,23 +27,43 @@ def _param_dtypes(input):
     return (input.dtype,)
 
 
-def _check(input, running_mean, running_var, weight, bias, residual, training, synchronised=False):
+def _check(input, running_mean, running_var, weight, bias, residual, training, eps, synchronised=False):
+    """torch.nn.functional.batch_norm's checks, in its order and with its exception types
+    (its wording where a test of torch's own messages would look for it), and ours for the
+    residual and for devices."""
     if input.dim() < 2:
         raise ValueError(f"batch_norm_act: expected input of 2 or more dimensions (N, C, ...), got {input.dim()}D")
     if not input.is_floating_point():
-        raise TypeError(f"batch_norm_act: input must be a floating-point tensor, got {input.dtype}")
+        raise NotImplementedError(f"batch_norm_act: not implemented for {input.dtype}: input must be floating point")
     channels = input.size(1)
+    if training and not synchronised:
+        # A variance needs two values per channel (synchronised, the count over all ranks is
+        # checked instead, as SyncBatchNorm does). torch checks this before the shapes.
+        values_per_channel = input.numel() // channels if channels else 0
+        if values_per_channel == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if training and eps <= 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if not training and eps < 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if (running_mean is None) != (running_var is None):
+        if not training:
+            missing = "running_mean" if running_mean is None else "running_var"
+            raise RuntimeError(f"{missing} must be defined in evaluation mode")
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if not training and running_mean is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
     for name, tensor in (("running_mean", running_mean), ("running_var", running_var),
                          ("weight", weight), ("bias", bias)):
         if tensor is None:
             continue
         _same_place(name, tensor, input)
         if tensor.numel() != channels:
-            # torch.nn.functional.batch_norm's exception and wording for a channel mismatch.
             raise RuntimeError(f"{name} should contain {channels} elements not {tensor.numel()}")
     for name, tensor in (("weight", weight), ("bias", bias)):
         if tensor is not None and tensor.dtype not in _param_dtypes(input):
-            raise TypeError(f"batch_norm_act: {name} has dtype {tensor.dtype} but input has {input.dtype}")
+            # torch raises RuntimeError ("mixed dtype") for this pair.
+            raise RuntimeError(f"batch_norm_act: {name} has dtype {tensor.dtype} but input has {input.dtype}")
     if residual is not None:
         _same_place("residual", residual, input)
         if residual.shape != input.shape:
@@ -52,14 +72,6 @@ def _check(input, running_mean, running_var, weight, bias, residual, training, s
             )
         if residual.dtype != input.dtype:
             raise TypeError(f"batch_norm_act: residual has dtype {residual.dtype} but input has {input.dtype}")
-    if training and not synchronised:
-        # torch.nn.functional.batch_norm's check: a variance needs two values per channel.
-        # (Synchronised, the count over all ranks is checked instead, as SyncBatchNorm does.)
-        values_per_channel = input.numel() // channels if channels else 0
-        if values_per_channel == 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    if not training and (running_mean is None or running_var is None):
-        raise RuntimeError("batch_norm_act: running_mean and running_var must be given when training=False")
 
 
 def _has_kernel(input):
@@ -107,7 +119,7 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     """
     code = reference.activation_code(activation)
     synchronised = training and process_group is not None and dist.get_world_size(process_group) > 1
-    _check(input, running_mean, running_var, weight, bias, residual, training, synchronised)
+    _check(input, running_mean, running_var, weight, bias, residual, training, eps, synchronised)
     if synchronised:
         if not _has_kernel(input):
             raise NotImplementedError(f"batch_norm_act: no kernel for synchronised batch norm on {input.device.type}")

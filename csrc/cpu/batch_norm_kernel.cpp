@@ -40,6 +40,7 @@ inline void for_each_tile(int64_t n, const Fn& fn) {
 
 // Number of batch slices per channel so that channels * slices gives every thread work.
 int64_t batch_slices(int64_t batch, int64_t channels) {
+  if (channels == 0) return 1;  // nothing to reduce
   const int64_t wanted = (4 * at::get_num_threads() + channels - 1) / channels;
   return std::max<int64_t>(1, std::min(batch, wanted));
 }
