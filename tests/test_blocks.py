@@ -169,6 +169,17 @@ def test_folded_weights_follow_parameter_updates():
         torch.testing.assert_close(fused(x), eager(x))
 
 
+@pytest.mark.parametrize("owner", ["block", "resnet stem"])
+def test_going_to_training_frees_the_folds(owner):
+    model = resnet50(num_classes=10).eval()
+    module, conv = (model.layer1[0], model.layer1[0].conv1) if owner == "block" else (model, model.conv1)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert module._fold_cache.cached(conv) is not None
+    model.train()
+    assert module._fold_cache.cached(conv) is None
+
+
 def test_folded_weights_follow_a_data_swap():
     fused = randomize(make_block("basic", 16, 16)).eval()
     eager = make_block("basic", 16, 16, fused=False).eval()

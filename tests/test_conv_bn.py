@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.functional.conv_bn import conv2d_bias_act
+from cnnkit.nn.batchnorm import BatchNormReLU2d
 from cnnkit.nn.conv_bn import ConvBNReLU2d
 
 TOL = {
@@ -260,6 +261,47 @@ def test_cache_is_reused_and_invalidated():
     check()
 
 
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam])
+def test_cache_follows_fused_optimizer_steps(optimizer):
+    """Fused optimizers update parameters without bumping their version counters."""
+    ours, eager = make_pair(CONFIGS[0])
+    ours.eval(), eager.eval()
+    x = torch.randn(2, 3, 6, 6)
+    eval_output(ours, x)  # cache a fold
+    opt = optimizer(ours.parameters(), lr=0.1, fused=True)
+    version = ours.conv.weight._version
+    ours(x).sum().backward()
+    opt.step()
+    assert ours.conv.weight._version == version  # what makes this case hard
+    eager.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): v for k, v in ours.state_dict().items()})
+    torch.testing.assert_close(eval_output(ours, x), eval_output(eager, x), **TOL[torch.float32])
+
+
+def test_cache_is_not_fooled_by_a_new_tensor_in_a_freed_ones_place():
+    """A parametrized weight is a new tensor on every access, which often gets the id,
+    storage and version of the one freed just before it."""
+    torch.manual_seed(0)
+    module = ConvBNReLU2d(4, 8, 3, padding=1).eval()
+    torch.nn.utils.parametrizations.weight_norm(module.conv)
+    x = torch.randn(2, 4, 6, 6)
+    errors = []
+    with torch.no_grad():
+        for _ in range(40):
+            module.conv.parametrizations.weight.original0.mul_(1.05)
+            errors.append((module(x) - torch.relu(module.bn(module.conv(x)))).abs().max().item())
+    assert max(errors) < 1e-4
+
+
+def test_eval_under_autocast_runs_in_the_autocast_dtype():
+    ours, eager = make_pair(CONFIGS[0])
+    ours.eval(), eager.eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = ours(x), eager(x)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+
+
 def test_copies_do_not_share_the_cache():
     ours, eager = make_pair(CONFIGS[0])
     ours.eval(), eager.eval()
@@ -300,6 +342,14 @@ def test_from_torch_keeps_the_modules_state(training):
     with torch.no_grad():
         torch.testing.assert_close(fused(x), eager(x), **TOL[torch.float32])
     torch.testing.assert_close(bn.running_mean, eager[1].running_mean)  # shared, so updated
+
+
+def test_from_torch_leaves_a_frozen_bn_frozen():
+    conv, bn = nn.Conv2d(3, 4, 1), BatchNormReLU2d(4).eval()  # conv trains, BN is frozen
+    fused = ConvBNReLU2d.from_torch(conv, bn)
+    assert fused.training and fused.bn is bn and not bn.training
+    fused(torch.randn(2, 3, 5, 5))
+    assert bn.num_batches_tracked.item() == 0 and bn.running_mean.abs().max().item() == 0
 
 
 def test_from_torch_without_running_stats_or_affine():

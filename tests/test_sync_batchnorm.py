@@ -101,3 +101,13 @@ def test_convert_keeps_state_and_types():
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(converted(x), original(x))
     torch.testing.assert_close(converted[1].running_var, original[1].running_var)
+
+
+@pytest.mark.parametrize("module", [cnn.SyncBatchNorm2d, cnn.SyncBatchNormReLU2d])
+def test_process_group_reads_back_as_given(module):
+    """As torch.nn.SyncBatchNorm: the attribute is what was given, in any mode."""
+    group = object()
+    bn = module(4, process_group=group)
+    assert bn.process_group is group and bn.eval().process_group is group
+    assert module(4).process_group is None
+    assert cnn.convert_sync_batchnorm(cnn.BatchNorm2d(4), group).process_group is group

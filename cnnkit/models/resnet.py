@@ -17,12 +17,12 @@ from cnnkit.nn.blocks import (
     default_norm_layer,
     shortcut_norm_layer,
 )
-from cnnkit.nn.fold_cache import FoldedConvBNCache
+from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 from ._checks import check_image_batch
 
 
-class ResNet(nn.Module):
+class ResNet(FoldCacheOwner, nn.Module):
     """torchvision's ResNet, with its arguments, plus in_channels, fused, stride_in_1x1
     and memory_efficient."""
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.nn.blocks import BasicBlock, conv_bn_relu, default_norm_layer
-from cnnkit.nn.fold_cache import FoldedConvBNCache
+from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 from ._checks import check_image_batch
 
@@ -32,7 +32,7 @@ class ZeroPadShortcut(nn.Module):
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(FoldCacheOwner, nn.Module):
     def __init__(self, depth, num_classes=10, in_channels=3, fused=True, memory_efficient=False):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:

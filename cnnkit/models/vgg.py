@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from cnnkit.nn.blocks import default_norm_layer, is_fused_norm
-from cnnkit.nn.fold_cache import FoldedConvBNCache
+from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 from ._checks import check_image_batch
 
@@ -27,7 +27,7 @@ CONFIGS = {
 MIN_INPUT_SIZE = 32
 
 
-class FusedFeatures(nn.Sequential):
+class FusedFeatures(FoldCacheOwner, nn.Sequential):
     """nn.Sequential of Conv2d, BatchNormReLU2d, Identity, ... (the state_dict of
     torchvision's features) that, in eval mode, runs each conv + BN + ReLU as one
     convolution with the BN folded into its weights."""

@@ -37,7 +37,10 @@ class _BatchNormAct2d(_BatchNorm):
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
-    process_group = None  # the SyncBatchNorm variants (cnnkit/nn/sync_batchnorm.py) set it
+    def _synchronising_group(self):
+        """The process group to synchronise over now; None: this rank alone. The
+        SyncBatchNorm variants (cnnkit/nn/sync_batchnorm.py) override it."""
+        return None
 
     def forward(self, input, residual=None):
         self._check_input_dim(input)
@@ -45,7 +48,7 @@ class _BatchNormAct2d(_BatchNorm):
         return batch_norm_act(
             input, running_mean, running_var, self.weight, self.bias, batch_stats, factor,
             self.eps, self.activation, self.negative_slope, residual,
-            process_group=self.process_group if self.training else None,
+            process_group=self._synchronising_group(),
         )
 
     def _init_batch_norm(self, num_features, eps, momentum, affine, track_running_stats,

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
 from cnnkit.nn.conv_bn import bn_act_conv
-from cnnkit.nn.fold_cache import FoldedConvBNCache
+from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -73,7 +73,7 @@ def shortcut_norm_layer(fused):
     return BatchNorm2d if fused else nn.BatchNorm2d
 
 
-class _ResidualBlock(nn.Module):
+class _ResidualBlock(FoldCacheOwner, nn.Module):
     """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager, and the
     inference path with each BN folded into the convolution before it."""
 

@@ -9,10 +9,10 @@ from torch import nn
 
 from cnnkit.functional.conv_bn import bn_act_conv2d, check_activation
 from cnnkit.nn.batchnorm import BatchNormReLU2d, batch_norm_arguments
-from cnnkit.nn.fold_cache import FoldedConvBNCache
+from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 
-class ConvBNReLU2d(nn.Module):
+class ConvBNReLU2d(FoldCacheOwner, nn.Module):
     r"""act(BatchNorm2d(Conv2d(input)) [+ residual]), with nn.Conv2d's and nn.BatchNorm2d's
     arguments, parameters and buffers.
 
@@ -118,7 +118,7 @@ class ConvBNReLU2d(nn.Module):
         module.conv = conv
         module.bn = _share_state(bn, activation, negative_slope)
         module._fold_cache = FoldedConvBNCache()
-        module.train(conv.training)
+        module.training = conv.training  # bn keeps its own mode (a frozen BN stays frozen)
         return module
 
     def forward(self, input, residual=None):
@@ -137,15 +137,6 @@ class ConvBNReLU2d(nn.Module):
     def reset_folded_cache(self):
         """Forget the folded eval weights (needed only after edits through ``.data``)."""
         self._fold_cache.clear()
-
-    def train(self, mode=True):
-        if mode:
-            self._fold_cache.clear()  # training changes the weights anyway: free the memory
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):
-        self._fold_cache.clear()  # .to(), .double(), .cuda(), ...: refold from the new tensors
-        return super()._apply(fn, recurse)
 
     # --- loading nn.Sequential(conv, bn[, relu]) state --------------------------------
 

@@ -2,12 +2,16 @@
 
 One cache serves every module that folds: ConvBNReLU2d, the ResNet blocks and stems, and
 VGG's fused features. A cached fold is reused only while every tensor it was made from
-(conv weight and bias, BN weight, bias, running mean and variance) is the same object
+(conv weight and bias, BN weight, bias, running mean and variance) is the same live object
 with the same storage, version counter (in-place updates: optimizer steps,
-load_state_dict), dtype, device and shape, and BN's eps and the inference mode are the
-ones it was made under (a fold made in inference mode is an inference tensor, unusable
-outside it). In-place edits through ``.data`` bypass version counters: ``clear()``
-after those.
+load_state_dict), dtype, device and shape, no torch.optim optimizer has stepped since
+(fused optimizers update parameters without bumping their version counters), and BN's
+eps and the inference mode are the ones it was made under (a fold made in inference mode
+is an inference tensor, unusable outside it). In-place edits through ``.data`` bypass
+version counters: ``clear()`` after those.
+
+Under autocast the folded convolution runs in the autocast dtype, as the eager
+convolution would.
 """
 
 import weakref
@@ -15,6 +19,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from cnnkit.functional.conv_bn import (
     conv2d_bias_act,
@@ -22,6 +27,18 @@ from cnnkit.functional.conv_bn import (
     onednn_conv2d_bias_act,
     onednn_fuses,
 )
+
+
+# Counts the steps of every torch.optim optimizer: a fold made before a step is stale.
+_optimizer_step = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs):
+    global _optimizer_step
+    _optimizer_step += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class _Uncacheable(Exception):
@@ -34,7 +51,6 @@ def _tensor_key(tensor):
     if tensor.is_inference():
         raise _Uncacheable
     return (
-        id(tensor),
         tensor._version,
         tensor.data_ptr(),
         tensor.dtype,
@@ -50,11 +66,20 @@ def _fold_sources(conv, bn):
 class _Fold:
     """One conv's folded weight and bias, and that weight reordered for oneDNN."""
 
-    __slots__ = ("bias", "key", "packed", "packed_for", "weight")
+    __slots__ = ("bias", "key", "packed", "packed_for", "sources", "weight")
 
-    def __init__(self, key, weight, bias):
+    def __init__(self, sources, key, weight, bias):
+        # Weak references, not ids: a freed source's id and storage may be reused by a new
+        # tensor (a parametrization makes a new weight on every access).
+        self.sources = tuple(None if t is None else weakref.ref(t) for t in sources)
         self.key, self.weight, self.bias = key, weight, bias
         self.packed = self.packed_for = None  # the reordered weight, and its input shape
+
+    def made_from(self, sources, key):
+        return self.key == key and all(
+            (ref is None and t is None) or (ref is not None and ref() is t)
+            for ref, t in zip(self.sources, sources)
+        )
 
 
 class FoldedConvBNCache:
@@ -94,6 +119,7 @@ class FoldedConvBNCache:
             padding = 0
         fold = self._cached_fold(conv, bn)
         weight, bias = _weight_and_bias(fold, conv, bn)
+        input, weight, bias, residual = _autocast(input, weight, bias, residual)
         geometry = (conv.stride, padding, conv.dilation, conv.groups)
         epilogue = (activation, negative_slope, residual)
         if fold is not None and _prepacking_applies(input, weight, bias, residual, activation,
@@ -115,16 +141,32 @@ class FoldedConvBNCache:
                 tuple(_tensor_key(t) for t in sources),
                 bn.eps,
                 torch.is_inference_mode_enabled(),
+                _optimizer_step,
             )
         except _Uncacheable:
             return None
         fold = self._folds.get(conv)
-        if fold is None or fold.key != key:
+        if fold is None or not fold.made_from(sources, key):
             self._folds.pop(conv, None)  # free the old fold before making the new one
             with torch.no_grad():
-                fold = _Fold(key, *fold_bn_into_conv(*sources, bn.eps))
+                fold = _Fold(sources, key, *fold_bn_into_conv(*sources, bn.eps))
             self._folds[conv] = fold
         return fold
+
+
+class FoldCacheOwner:
+    """Mixin for an nn.Module holding a FoldedConvBNCache as ``_fold_cache``: the folds
+    are freed when it goes to training (they are stale after the first step anyway) and
+    when its tensors are converted (.to(), .double(), ...: refold from the new ones)."""
+
+    def train(self, mode=True):
+        if mode:
+            self._fold_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._fold_cache.clear()
+        return super()._apply(fn, recurse)
 
 
 def _weight_and_bias(fold, conv, bn):
@@ -132,6 +174,20 @@ def _weight_and_bias(fold, conv, bn):
     if fold is None:
         return fold_bn_into_conv(*_fold_sources(conv, bn), bn.eps)
     return fold.weight, fold.bias
+
+
+def _autocast(*tensors):
+    """The tensors in the autocast dtype where autocast is on, as the eager convolution
+    would see them (float64 and non-float tensors stay as they are, as autocast leaves
+    them). The residual goes with them, so that the epilogue adds like dtypes."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        for t in tensors
+    )
 
 
 def _prepacking_applies(input, weight, bias, residual, activation, stride, padding, dilation,

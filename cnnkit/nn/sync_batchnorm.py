@@ -8,20 +8,13 @@ from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d, _BatchNormAct2d
 
 
 class _Synchronised:
-    """Resolves the group at forward time: None means torch.distributed's default group."""
+    """``process_group`` is what was given, as in torch.nn.SyncBatchNorm; it is resolved at
+    forward time, None meaning torch.distributed's default group."""
 
-    def _group(self):
+    def _synchronising_group(self):
         if not self.training or not dist.is_available() or not dist.is_initialized():
             return None
-        return self._process_group if self._process_group is not None else dist.group.WORLD
-
-    @property
-    def process_group(self):
-        return self._group()
-
-    @process_group.setter
-    def process_group(self, group):
-        self._process_group = group
+        return self.process_group if self.process_group is not None else dist.group.WORLD
 
 
 class SyncBatchNorm2d(_Synchronised, BatchNorm2d):
