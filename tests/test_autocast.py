@@ -71,4 +71,5 @@ def test_inference_as_accurate_as_plain_model(name):
         truth = {"output": exact(x)}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ours, theirs = {"output": fused(x)}, {"output": reference(x)}
+    assert ours["output"].dtype == theirs["output"].dtype == torch.bfloat16
     _assert_as_accurate(ours, theirs, truth)
