@@ -3,30 +3,46 @@ on cnnkit's fused modules, keeping its weights, buffers and state_dict keys.
 
 Two ways in, tried in order:
 
-1. torch.fx, where the model traces (torchvision's ResNet and VGG do): the graph is
-   searched for BN -> ReLU and BN -> add -> ReLU (ReLU as a module, torch.relu, F.relu or
-   .relu(); add as +, +=, torch.add or .add), each rewritten to one call of a
-   cnnkit.nn.BatchNormReLU2d (with ``residual=`` for the add), and every other
-   BatchNorm2d becomes a cnnkit.nn.BatchNorm2d. The result is a torch.fx.GraphModule.
-2. A module walk otherwise (a forward with data-dependent control flow, input checks, ...):
-   inside every nn.Sequential, BatchNorm2d followed by ReLU becomes a BatchNormReLU2d and
-   the ReLU an nn.Identity; every torchvision-style BasicBlock / Bottleneck (conv1, bn1,
-   ..., downsample, ending in relu(bn(...) + identity)) becomes a cnnkit block with the
+1. torch.fx, where the model traces (torchvision's ResNet and VGG do) to the same graph in
+   train and eval mode and the traced module keeps every submodule, parameter and buffer
+   of the model (nothing used only outside forward): the graph is searched for BN -> ReLU
+   and BN -> add -> ReLU (ReLU as a module, torch.relu, F.relu or .relu(); add as +, +=,
+   torch.add or .add, of the BN output and another traced tensor), each rewritten to one
+   call of a cnnkit.nn.BatchNormReLU2d (with ``residual=`` for the add; where the other
+   operand turns out not to have the BN output's shape, dtype and device, that call runs
+   torch's BN, add and ReLU instead), and every other BatchNorm2d becomes a
+   cnnkit.nn.BatchNorm2d. The result is a torch.fx.GraphModule.
+2. A module walk otherwise (a forward with data-dependent control flow, input checks, a
+   mode-dependent graph, ...), or where the graph rewrite fails: inside every nn.Sequential
+   that runs nn.Sequential's own forward, BatchNorm2d followed by ReLU becomes a
+   BatchNormReLU2d and the ReLU an nn.Identity; every torchvision-style BasicBlock /
+   Bottleneck (conv1, bn1, ..., downsample, relu, ending in relu(bn(...) + identity), with
+   no other submodules, parameters or buffers of its own) becomes a cnnkit block with the
    same submodules, kept only if it gives the same outputs as the original on a probe
-   input (a block that only looks like torchvision's is left alone); any other
-   BatchNorm2d becomes a cnnkit.nn.BatchNorm2d. The result has the model's own class.
+   input (a block that only looks like torchvision's is left alone); a cnnkit block built
+   on plain BatchNorm2d gets the fused norms (one with any other norm is left alone); any
+   other BatchNorm2d becomes a cnnkit.nn.BatchNorm2d. The result has the model's own class.
 
-An nn.Sequential always takes the walk, which sees its whole data flow. The result
-shares nothing with the input model unless ``inplace=True``, which converts the model's
-own modules (a traced model comes back as a GraphModule over them).
+An nn.Sequential running its own forward always takes the walk, which sees its whole
+data flow. Limitation of the walk: it cannot see a parent that calls a Sequential's
+children one by one out of order (``seq[1](seq[0](x) + x)``); such a Sequential's BN and
+ReLU are still fused, which changes what the parent computes.
+
+The result shares nothing with the input model unless ``inplace=True``, which skips the
+copy: the walk then converts the model's own modules and returns the model; a traced
+result is a GraphModule that shares the model's leaf modules, parameters and buffers
+while the model itself keeps its torch.nn BatchNorms (fusing them inside the model's own
+containers would break the model's own forward, which runs the BN, add and ReLU apart).
 """
 
 import copy
+import itertools
 import operator
 
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
 from cnnkit.nn.blocks import BasicBlock, Bottleneck
@@ -35,21 +51,26 @@ _RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
 _RELU_METHODS = ("relu", "relu_")
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
+_IN_PLACE_ADDS = (operator.iadd, "add_")
 
 
 def fuse(model, inplace=False):
-    """A copy of `model` (or `model` itself with inplace=True) whose BatchNorm2d ->
-    ReLU and BatchNorm2d -> add -> ReLU run as cnnkit's fused ops; same weights, same
-    state_dict keys, same outputs and gradients in train and eval mode."""
+    """A copy of `model` (or `model` itself with inplace=True, see the module docstring)
+    whose BatchNorm2d -> ReLU and BatchNorm2d -> add -> ReLU run as cnnkit's fused ops;
+    same weights, same state_dict keys, same outputs and gradients in train and eval mode."""
     if not inplace:
         model = copy.deepcopy(model)
-    if isinstance(model, nn.Sequential):
+    if _runs_in_order(model):
         return fuse_modules(model)  # the walk sees the whole data flow, and keeps the type
     try:
-        graph_module = _CnnkitLeafTracer.trace_module(model)
-    except Exception:  # noqa: BLE001 -- any tracing failure means: walk the modules instead
-        return fuse_modules(model)
-    return fuse_graph(graph_module)
+        graph_module = _trace_whole(model)
+        if graph_module is not None:
+            return fuse_graph(graph_module)
+    except Exception:  # noqa: BLE001 -- a failed trace or rewrite means: walk the modules instead
+        # A failed rewrite changed only the GraphModule's own containers (the leaf modules
+        # it shares with the model are replaced there, not changed), so the model is whole.
+        pass
+    return fuse_modules(model)
 
 
 # --------------------------------------------------------------------------------------
@@ -58,15 +79,44 @@ def fuse(model, inplace=False):
 
 class _CnnkitLeafTracer(torch.fx.Tracer):
     """Keeps cnnkit's own modules whole: their forwards branch on the mode (folded BN in
-    eval), which a trace would freeze."""
+    eval), which a trace would freeze, and the _bn_add_relu calls of a fused graph whole
+    (tracing it again: fuse of a fused model, torch.load of one)."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=(_bn_add_relu,))
 
     def is_leaf_module(self, module, qualified_name):
         return type(module).__module__.startswith("cnnkit.") or super().is_leaf_module(module, qualified_name)
 
-    @classmethod
-    def trace_module(cls, model):
-        graph = cls().trace(model)
-        return torch.fx.GraphModule(model, graph, model.__class__.__name__)
+
+def _trace_whole(model):
+    """A GraphModule of `model` whose graph holds in either mode and which holds every
+    submodule, parameter and buffer of the model, or None where there is no such one."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        graphs = []
+        for training in (True, False):  # a forward reading self.training traces differently
+            model.train(training)
+            graphs.append(_CnnkitLeafTracer().trace(model))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if graphs[0].python_code("self").src != graphs[1].python_code("self").src:
+        return None
+    graph_module = torch.fx.GraphModule(model, graphs[1], model.__class__.__name__)
+    return graph_module if _names(model) <= _names(graph_module) else None
+
+
+def _names(module):
+    """Qualified names of every submodule, parameter and buffer: a GraphModule copies only
+    what the traced forward used (an auxiliary head or a parameter only a loss uses would
+    be lost)."""
+    named = itertools.chain(
+        module.named_modules(remove_duplicate=False),
+        module.named_parameters(remove_duplicate=False),
+        module.named_buffers(remove_duplicate=False),
+    )
+    return {name for name, _ in named}
 
 
 def _is_plain_batch_norm(gm, node):
@@ -93,6 +143,19 @@ def _only_user(node):
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
+def _residual_of(bn_node, add):
+    """The other operand of `add` where it can go to the fused op as ``residual=``, or None:
+    a traced value other than the BN output itself (relu(y + y) is no residual add), and
+    not the target of an in-place add (r.add_(bn(x)) changes r, which the fused op would not)."""
+    first, second = add.args
+    residual = second if first is bn_node else first
+    if not isinstance(residual, torch.fx.Node) or residual is bn_node:
+        return None
+    if add.target in _IN_PLACE_ADDS and first is not bn_node:
+        return None
+    return residual
+
+
 def fuse_graph(gm):
     """Rewrite the BN -> [add ->] ReLU patterns of a traced GraphModule in place."""
     calls = {}
@@ -108,21 +171,45 @@ def fuse_graph(gm):
             _replace_module(gm, node.target, BatchNormReLU2d.from_torch(gm.get_submodule(node.target)))
             user.replace_all_uses_with(node)
             gm.graph.erase_node(user)
-        elif user is not None and _is_add(user) and _only_user(user) is not None and _is_relu(gm, _only_user(user)):
-            relu = _only_user(user)
-            residual = user.args[1] if user.args[0] is node else user.args[0]
-            _replace_module(gm, node.target, BatchNormReLU2d.from_torch(gm.get_submodule(node.target)))
-            with gm.graph.inserting_before(relu):  # after both the BN input and the residual
-                fused = gm.graph.call_module(node.target, node.args, {"residual": residual})
-            relu.replace_all_uses_with(fused)
-            for dead in (relu, user, node):
-                gm.graph.erase_node(dead)
+        elif _is_residual_add_relu(gm, node, user):
+            _fuse_add_relu(gm, node, user)
         else:
             _replace_module(gm, node.target, BatchNorm2d.from_torch(gm.get_submodule(node.target)))
     gm.graph.lint()
-    gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _is_residual_add_relu(gm, bn_node, add):
+    if add is None or not _is_add(add):
+        return False
+    relu = _only_user(add)
+    return relu is not None and _is_relu(gm, relu) and _residual_of(bn_node, add) is not None
+
+
+def _fuse_add_relu(gm, bn_node, add):
+    """relu(bn(x) + residual) -> one _bn_add_relu call on the BN, now a BatchNormReLU2d."""
+    relu = _only_user(add)
+    residual = _residual_of(bn_node, add)
+    bn_module = gm.get_submodule(bn_node.target)
+    _replace_module(gm, bn_node.target, BatchNormReLU2d.from_torch(bn_module))
+    with gm.graph.inserting_before(relu):  # after both the BN input and the residual
+        bn = gm.graph.get_attr(bn_node.target)
+        fused = gm.graph.call_function(_bn_add_relu, (bn, *bn_node.args), {"residual": residual})
+    relu.replace_all_uses_with(fused)
+    for dead in (relu, add, bn_node):
+        gm.graph.erase_node(dead)
+
+
+def _bn_add_relu(bn, input, residual):
+    """relu(bn(input) + residual) for a BatchNormReLU2d `bn`: one fused call where the
+    residual is a tensor of the BN output's shape, dtype and device (all the fused op
+    takes); otherwise torch's BN, add and ReLU, which broadcast and promote as the traced
+    model did (a per-channel bias, a float64 residual, a BN output that broadcasts)."""
+    if (isinstance(residual, torch.Tensor) and residual.shape == input.shape
+            and residual.dtype == input.dtype and residual.device == input.device):
+        return bn(input, residual=residual)
+    return torch.relu(_BatchNorm.forward(bn, input) + residual)  # nn.BatchNorm2d's forward
 
 
 def _replace_module(root, target, module):
@@ -144,12 +231,18 @@ def fuse_modules(model):
         if isinstance(child, (BasicBlock, Bottleneck)):
             _fuse_cnnkit_block(child)
         fuse_modules(child)
-    if isinstance(model, nn.Sequential):
+    if _runs_in_order(model):
         _fuse_sequential(model)
     for name, child in list(model.named_children()):
         if type(child) is nn.BatchNorm2d:  # any BN left: the drop-in, same forward
             setattr(model, name, BatchNorm2d.from_torch(child))
     return model
+
+
+def _runs_in_order(module):
+    """An nn.Sequential whose forward is nn.Sequential's own: each child feeds only the
+    next. A subclass with its own forward may use a child's output elsewhere too."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _fuse_sequential(sequential):
@@ -162,8 +255,11 @@ def _fuse_sequential(sequential):
 
 
 def _fuse_cnnkit_block(block):
-    """A cnnkit block built on torch.nn BatchNorm2d: give it the fused norms."""
-    if block._fused:
+    """A cnnkit block built on plain BatchNorm2d: give it the fused norms. Any other norm
+    (GroupNorm, SyncBatchNorm, ...) has no fused counterpart here that computes the same,
+    so such a block is left alone."""
+    plain = all(type(norm) in (nn.BatchNorm2d, BatchNorm2d) for norm in block._norms())
+    if block._fused or not plain:
         return
     for name in ("bn1", "bn2", "bn3"):
         if hasattr(block, name):
@@ -177,7 +273,21 @@ def _looks_like_torchvision_block(module):
         return False
     convs_ok = all(type(getattr(module, n)) is nn.Conv2d for n in names if n.startswith("conv"))
     norms_ok = all(type(getattr(module, n)) is nn.BatchNorm2d for n in names if n.startswith("bn"))
-    return convs_ok and norms_ok and hasattr(module, "downsample")
+    shape_ok = convs_ok and norms_ok and hasattr(module, "downsample")
+    return shape_ok and _holds_only_block_parts(module)
+
+
+_BLOCK_PARTS = {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu", "downsample"}
+
+
+def _holds_only_block_parts(module):
+    """Nothing the cnnkit block would drop or compute differently: a probe on one random
+    input cannot tell a scale initialised to 1, or a ReLU6 that the probe never clips,
+    from torchvision's block."""
+    if hasattr(module, "relu") and type(module.relu) is not nn.ReLU:
+        return False
+    own_tensors = itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
+    return next(own_tensors, None) is None and set(dict(module.named_children())) <= _BLOCK_PARTS
 
 
 def _fused_block(module):

@@ -1,9 +1,12 @@
 """cnnkit.fuse: existing torch.nn models onto the fused modules, same weights, same results."""
 
 import copy
+import importlib
+import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import cnnkit
@@ -237,3 +240,201 @@ def test_fused_copy_is_independent_of_the_original():
     fused(torch.randn(2, 3, 32, 32, dtype=torch.float64))
     for key, value in original.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+class ResidualOf(nn.Module):
+    """relu(bn(conv(x)) + other), `other` chosen by `kind`; builds only what it uses, so
+    fx keeps tracing it."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        if kind == "channel bias":
+            self.bias = nn.Parameter(torch.rand(4, 1, 1))
+
+    def forward(self, x):
+        if self.kind == "broadcast bn":  # squeeze-excite style: the BN output broadcasts
+            return F.relu(self.bn(self.conv(x).mean((2, 3), keepdim=True)) + x)
+        y = self.bn(self.conv(x))
+        other = {"same shape": x, "scalar": 1.0, "itself": y, "float64": x.double()}.get(self.kind)
+        return F.relu(y + (self.bias if self.kind == "channel bias" else other))
+
+
+@pytest.mark.parametrize(
+    "kind", ["same shape", "scalar", "channel bias", "broadcast bn", "itself", "float64"]
+)
+def test_fx_add_fusion_checks_the_other_operand(kind):
+    torch.manual_seed(0)
+    original = randomize_batch_norms(ResidualOf(kind))
+    if kind != "float64":  # the float64 residual against a float32 BN is the case itself
+        original = original.double()
+    fused = fuse(original)
+    assert isinstance(fused, torch.fx.GraphModule)
+    if kind == "same shape":
+        assert "residual" in fused.code
+    x = torch.randn(2, 4, 6, 6, dtype=next(original.parameters()).dtype)
+    assert_same_results(original, fused, x)
+
+
+def test_failed_graph_rewrite_falls_back_to_the_walk(monkeypatch):
+    def broken(gm):
+        raise RuntimeError("rewrite failed")
+
+    monkeypatch.setattr(importlib.import_module("cnnkit.fuse"), "fuse_graph", broken)
+    original = randomize_batch_norms(TVResNet(TVBasicBlock)).double()
+    fused = fuse(original)
+    assert type(fused) is TVResNet
+    assert_same_results(original, fused, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+class TrainOnlyHead(nn.Module):
+    """Dropout by self.training, and an auxiliary head returned only in training."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 10)
+        self.aux = nn.Linear(4, 10)
+
+    def forward(self, x):
+        features = F.dropout(F.relu(self.bn(self.conv(x))), 0.5, self.training).mean((2, 3))
+        return (self.fc(features), self.aux(features)) if self.training else self.fc(features)
+
+
+@pytest.mark.parametrize("fused_in_training", [False, True])
+def test_fuse_keeps_a_mode_dependent_forward(fused_in_training):
+    original = randomize_batch_norms(TrainOnlyHead()).double().train(fused_in_training)
+    fused = fuse(original)
+    assert list(fused.state_dict()) == list(original.state_dict())
+    assert all(m.training == fused_in_training for m in original.modules())  # modes restored
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for training in (False, True):
+        outputs = []
+        for model in (original, fused):
+            torch.manual_seed(0)  # the same dropout masks
+            outputs.append(model.train(training)(x))
+        torch.testing.assert_close(outputs[1], outputs[0])
+
+
+def test_fuse_keeps_what_only_other_methods_use():
+    class WithLossParameter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.temperature = nn.Parameter(torch.ones(()))  # used by the loss, not forward
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x)))
+
+        def loss(self, output):
+            return output.mean() / self.temperature
+
+    original = WithLossParameter()
+    fused = fuse(original)
+    assert list(fused.state_dict()) == list(original.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fused.loss(fused(x)), original.loss(original(x)))
+
+
+class ScaledBlock(nn.Module):
+    """torchvision's BasicBlock attributes, with a learnable branch scale starting at 1."""
+
+    def __init__(self, channels, relu):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = relu
+        self.downsample = None
+        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) * self.gamma + x)
+
+
+class CheckedInput(nn.Module):
+    """Runs `inner`, after an input check fx cannot trace: fuse takes the module walk."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.sum() < -1e9:
+            raise ValueError("unexpected input")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("relu", [nn.ReLU(), nn.ReLU6()], ids=["ReLU", "ReLU6"])
+def test_fuse_leaves_blocks_with_more_than_torchvisions_alone(relu):
+    torch.manual_seed(0)
+    original = CheckedInput(ScaledBlock(8, relu)).double()
+    fused = fuse(original)
+    assert type(fused.inner) is ScaledBlock
+    assert type(fused.inner.relu) is type(relu)
+    assert list(fused.state_dict()) == list(original.state_dict())
+    x = 10 * torch.randn(2, 8, 8, 8, dtype=torch.float64)  # large enough for ReLU6 to clip
+    torch.testing.assert_close(fused.eval()(x), original.eval()(x))
+
+
+def test_fuse_sequential_subclass_with_its_own_forward():
+    class Taps(nn.Sequential):  # every layer's output, the BN's included
+        def forward(self, x):
+            outputs = []
+            for layer in self:
+                x = layer(x)
+                outputs.append(x)
+            return outputs
+
+    torch.manual_seed(0)
+    for wrap in (lambda m: m, CheckedInput):  # fx, and the module walk
+        taps = Taps(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        original = wrap(randomize_batch_norms(taps))
+        fused = fuse(original)
+        x = torch.randn(2, 4, 6, 6)
+        for training in (False, True):
+            torch.testing.assert_close(fused.train(training)(x), original.train(training)(x))
+
+
+def test_fuse_leaves_cnnkit_blocks_with_other_norms_alone():
+    group_norm = get_model("resnet18", fused=False, num_classes=4,
+                           norm_layer=lambda channels: nn.GroupNorm(4, channels)).double()
+    fused = fuse(group_norm)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(fused.eval()(x), group_norm.eval()(x))
+    sync = fuse(get_model("resnet18", fused=False, num_classes=4, norm_layer=nn.SyncBatchNorm))
+    norms = [m for name, m in sync.named_modules() if name.rpartition(".")[2].startswith("bn")]
+    assert norms and all(type(m) is nn.SyncBatchNorm for m in norms)  # still synchronised
+
+
+def test_inplace_fuse_of_a_traced_model_shares_but_keeps_the_model():
+    original = randomize_batch_norms(TVResNet(TVBasicBlock)).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    expected = original(x)
+    fused = fuse(original, inplace=True)
+    assert isinstance(fused, torch.fx.GraphModule)
+    assert fused.get_submodule("layer1.0.conv1") is original.layer1[0].conv1
+    assert fused.get_submodule("layer1.0.bn2").weight is original.layer1[0].bn2.weight
+    assert type(original.layer1[0].bn2) is nn.BatchNorm2d  # the model's own forward still works
+    torch.testing.assert_close(original(x), expected)
+    torch.testing.assert_close(fused(x), expected)
+
+
+def test_traced_fused_model_saves_and_fuses_again():
+    original = randomize_batch_norms(TVResNet(TVBasicBlock)).double().eval()
+    fused = fuse(original)
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)  # re-traces the generated code
+    again = fuse(fused)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for model in (loaded, again):
+        assert "residual" in model.code
+        torch.testing.assert_close(model.eval()(x), original(x))
