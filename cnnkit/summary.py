@@ -8,7 +8,8 @@ The receptive field is followed tensor by tensor through the pass: a layer's out
 rf_in + (effective_kernel - 1) * jump_in input pixels, with jump (the product of the
 strides so far) multiplied by the layer's stride; global pools and linear layers see
 the whole input. Where a tensor was made by an op outside any module (a residual add,
-a flatten), the most recent layer output stands in for it: its field is the widest in
+a flatten), the most recent layer output stands in for it when the tensor is first
+consumed, and every later consumer sees that same field: its field is the widest in
 the residual networks here, since the main branch always has the wider field.
 """
 
@@ -87,9 +88,14 @@ class _Tracer:
         self.last = (1, 1)
 
     def field_of(self, tensor):
-        if isinstance(tensor, torch.Tensor) and id(tensor) in self.fields:
-            return self.fields[id(tensor)][:2]
-        return self.last
+        if not isinstance(tensor, torch.Tensor):
+            return self.last
+        if id(tensor) not in self.fields:
+            # Made outside any module (relu(bn(out) + identity)): fixed on first sight, so
+            # its consumers (the next block's shortcut and first conv) all see one field;
+            # read later, self.last would be the first consumer's output field.
+            self.fields[id(tensor)] = (*self.last, tensor)
+        return self.fields[id(tensor)][:2]
 
     def hook(self, module, args, output):
         if not isinstance(output, torch.Tensor):
@@ -212,19 +218,36 @@ def format_table(result):
     return "\n".join(text)
 
 
+def _positive_int(text):
+    """argparse type: a count or a size, which must be at least 1."""
+    try:
+        if int(text) >= 1:
+            return int(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+
+
 def main(argv=None):
-    """`cnnkit summary NAME [--input-size C H W] [--num-classes N] [--stride-in-1x1] [--unfused]`"""
+    """`cnnkit summary NAME [--input-size C H W] [--num-classes N] [--stride-in-1x1] [--unfused]`,
+    or `cnnkit summary --list`"""
     from cnnkit.models import get_model, list_models, model_info
 
     parser = argparse.ArgumentParser(prog="cnnkit summary", description="per-layer table of a model of the zoo")
-    parser.add_argument("name", help=f"one of: {', '.join(list_models())}")
-    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
+    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(list_models())}")
+    parser.add_argument("--list", action="store_true", help="print the model names and exit")
+    parser.add_argument("--input-size", type=_positive_int, nargs="+", metavar="N",
                         help="C H W, or H (square, default channels); default: the model's own")
-    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--num-classes", type=_positive_int)
     parser.add_argument("--stride-in-1x1", action="store_true",
                         help="ResNet bottlenecks: stride on the first 1x1 (the paper's placement)")
     parser.add_argument("--unfused", action="store_true", help="build with plain torch.nn modules")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(list_models()))
+        return 0
+    if args.name is None:
+        parser.error("a model name is required (see --list)")
     if args.name not in list_models():
         print(f"cnnkit summary: unknown model {args.name!r}; expected one of: "
               f"{', '.join(list_models())}", file=sys.stderr)

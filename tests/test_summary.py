@@ -107,3 +107,33 @@ def test_cli_summary(capsys):
     assert "1x3x64x64" in capsys.readouterr().out
     assert cli_main(["summary", "resnet9"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_receptive_fields_do_not_depend_on_fusion():
+    """Unfused blocks make their output with torch.relu, outside any module: the shortcut
+    and the next conv, both reading it, must see the field the fused bn2 reports."""
+    fused, unfused = summarize("resnet18"), summarize("resnet18", fused=False)
+    fields = [{row.name: row.receptive_field for row in result.rows} for result in (fused, unfused)]
+    assert fields[1] == fields[0]
+    convs = [row for row in unfused.rows if row.kind == "Conv2d" and "downsample" not in row.name]
+    assert convs[-1].receptive_field == 435
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--num-classes", "-1"], ["--input-size", "0", "224", "224"],
+     ["--input-size", "3", "-5", "-5"], ["--input-size", "x"]],
+)
+def test_cli_summary_rejects_non_positive_sizes(args, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli_main(["summary", "lenet5", *args])
+    assert excinfo.value.code != 0
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_cli_summary_list(capsys):
+    assert cli_main(["summary", "--list"]) == 0
+    assert capsys.readouterr().out.split() == list_models()
+    with pytest.raises(SystemExit):
+        cli_main(["summary"])  # neither a name nor --list
+    assert "--list" in capsys.readouterr().err
