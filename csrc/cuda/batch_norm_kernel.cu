@@ -96,20 +96,21 @@ __global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
   const ChannelWalk walk{s.channels, s.positions, s.channels_last};
   int64_t begin, end;
   slice_bounds(s, begin, end);
-  acc_t mean = 0, m2 = 0, count = 0;
+  acc_t mean = 0, m2 = 0;
+  int64_t count = 0;  // an integer: a float count stops growing at 2^24
   if (w.active) {
     for (int64_t p = begin + w.first; p < end; p += w.step) {
       const acc_t v = to_opmath(x[walk.offset(w.channel, p)]);
-      count += acc_t(1);
+      ++count;
       const acc_t delta = v - mean;
-      mean += delta / count;
+      mean += delta / static_cast<acc_t>(count);
       m2 += delta * (v - mean);
     }
   }
   const int tid = threadIdx.y * kColumns + threadIdx.x;
   sh_mean[tid] = mean;
   sh_m2[tid] = m2;
-  sh_count[tid] = count;
+  sh_count[tid] = static_cast<acc_t>(count);
   block_merge(s.channels_last, [&](int into, int from) {
     bn::merge_moments(sh_mean[into], sh_m2[into], sh_count[into], sh_mean[from], sh_m2[from], sh_count[from]);
   });

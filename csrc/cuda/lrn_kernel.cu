@@ -8,6 +8,8 @@
 // window.
 #include <cnnkit/lrn.h>
 
+#include <limits>
+
 #include "cuda/lrn_kernel.h"
 #include "cuda/opmath.cuh"
 
@@ -140,10 +142,12 @@ cudaError_t backward_typed(const void* grad_output, const void* input, void* gra
 }
 
 // Calls fn.run<T, index_t>() for the element type and the narrowest index
-// type that addresses every element.
+// type that addresses every element: the grid-stride loop's last step (up to one grid
+// past numel) must not overflow it either.
 template <typename Fn>
 cudaError_t dispatch(ScalarType type, int64_t numel, const Fn& fn) {
-  const bool narrow = numel < (int64_t{1} << 31);
+  const int64_t grid_threads = static_cast<int64_t>(blocks_for(numel)) * kThreads;
+  const bool narrow = numel + grid_threads <= std::numeric_limits<int32_t>::max();
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     return narrow ? fn.template run<T, int32_t>() : fn.template run<T, int64_t>();
