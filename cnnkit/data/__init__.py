@@ -1,6 +1,7 @@
 """Data sets as whole uint8 tensors, batches by indexing, batched tensor augmentations."""
 
 from .augment import (  # noqa: F401
+    center_pad,
     channel_stats,
     compute_color_pca,
     crop_at,

@@ -125,14 +125,23 @@ def fit_size(images, size):
     if (height, width) == (h, w):
         return images
     if height <= h <= height + 8 and width <= w <= width + 8:
-        top, left = (h - height) // 2, (w - width) // 2
-        return F.pad(images, (left, w - width - left, top, h - height - top))
+        return center_pad(images, size)
     if height >= h and width >= w:
         top, left = (height - h) // 2, (width - w) // 2
         return images[..., top:top + h, left:left + w]
     if not images.is_floating_point():
         raise ValueError("fit_size: resizing needs floating-point images")
     return F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def center_pad(images, size):
+    """Zero-pad images to (h, w), centred; an odd margin puts the extra pixel after."""
+    height, width = images.shape[-2:]
+    h, w = size
+    if h < height or w < width:
+        raise ValueError(f"size: {(h, w)} smaller than the image {(height, width)}")
+    top, left = (h - height) // 2, (w - width) // 2
+    return F.pad(images, (left, w - width - left, top, h - height - top))
 
 
 def ten_crop(images, size):

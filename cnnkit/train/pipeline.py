@@ -50,10 +50,16 @@ class InputPipeline:
 
     def evaluate(self, images):
         """(N, C, h, w), or (10, N, C, h, w) crops with ten_crop."""
-        images = augment.to_float(images)
+        # The scale training used (zero-padding, centre crop or resize): the model knows
+        # objects at that size only.
+        images = augment.fit_size(augment.to_float(images), self.input_size)
         if not self.ten_crop:
-            return self._finish(augment.fit_size(images, self.input_size))
-        h, w = self.input_size
-        larger = (round(h * TEN_CROP_MARGIN), round(w * TEN_CROP_MARGIN))
-        crops = augment.ten_crop(augment.fit_size(images, larger), self.input_size)
+            return self._finish(images)
+        crops = augment.ten_crop(self._with_margin(images), self.input_size)
         return torch.stack([self._finish(crop) for crop in crops])
+
+    def _with_margin(self, images):
+        """Training-scale images zero-padded by TEN_CROP_MARGIN: the crops then move the
+        view a few pixels, as training's padded random crops do, without rescaling it."""
+        h, w = self.input_size
+        return augment.center_pad(images, (round(h * TEN_CROP_MARGIN), round(w * TEN_CROP_MARGIN)))
