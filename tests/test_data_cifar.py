@@ -67,6 +67,15 @@ def test_cifar10_bad_content(tmp_path):
         load_cifar10(directory, train=False)
 
 
+@pytest.mark.parametrize("labels", [["a", "b"], None, [0.5, 1.5], [[0], [1, 2]], 3])
+def test_cifar10_labels_that_are_not_integers(tmp_path, labels):
+    directory, _ = _write_cifar(tmp_path)
+    with open(directory / "test_batch", "wb") as file:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, file)
+    with pytest.raises(DataFormatError, match=r"test_batch: labels must be a list of integers"):
+        load_cifar10(directory, train=False)
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

@@ -37,6 +37,33 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
+def _data(path, values):
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as error:  # ragged nested lists, for one
+        raise DataFormatError(f"{path}: data is not an array ({error})") from None
+
+
+def _labels(path, values):
+    """int64 labels; strings, None, floats, a lone number or ragged lists are refused,
+    not converted or truncated."""
+    try:
+        labels = np.asarray(values)
+    except (TypeError, ValueError):
+        labels = None
+    # An empty list comes out as float64: no label, nothing to refuse.
+    if labels is None or labels.ndim != 1 or (labels.dtype.kind not in "iu" and labels.size):
+        raise DataFormatError(
+            f"{path}: labels must be a list of integers, got {_describe(values)}")
+    return labels.astype(np.int64)
+
+
+def _describe(values):
+    """A short one-line repr, for an error message."""
+    text = " ".join(repr(values).split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _read_batch(path):
     try:
         with open(path, "rb") as file:
@@ -54,8 +81,7 @@ def _read_batch(path):
         raise DataFormatError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     try:
-        data = np.asarray(batch["data"])
-        labels = np.asarray(batch["labels"], dtype=np.int64)
+        data, labels = _data(path, batch["data"]), _labels(path, batch["labels"])
     except KeyError as error:
         raise DataFormatError(f"{path}: missing key {error.args[0]!r}") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
