@@ -63,13 +63,68 @@ def test_truncated_data(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--epochs", "0"], "epochs: expected a positive int, got 0"),
     (["--augment", "crop,warp"], "augment: unknown augmentation 'warp'"),
-    (["--lr-scale", "-1"], "lr_scale: expected a positive number"),
+    (["--lr-scale", "-1"], "lr_scale: expected a finite positive number"),
     (["--amp", "--amp-dtype", "float16", "--device", "cpu"], "float16 autocast needs CUDA"),
+    (["--dataset", "foo"],
+     "dataset: unknown data set 'foo'; expected one of: fashion-mnist, mnist, cifar10"),
+    (["--lr", "inf"], "lr: expected a finite positive number, got inf"),
+    (["--weight-decay", "inf"], "weight_decay: expected a finite number >= 0, got inf"),
+    (["--device", "bogus"], "device: expected cpu, cuda or cuda:N, got 'bogus'"),
+    (["--device", "meta"], "device: expected cpu, cuda or cuda:N, got 'meta'"),
 ])
 def test_bad_values(args, message, capsys, data_dir, tmp_path):
     code = train_main(["lenet5", "--data-dir", data_dir, "--output", str(tmp_path)] + QUICK + args)
     assert code == 1
     assert message in _error_line(capsys)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_cuda_without_cuda(no_cuda, capsys, data_dir, tmp_path):
+    code = train_main(["lenet5", "--data-dir", data_dir, "--output", str(tmp_path),
+                       "--device", "cuda"] + QUICK)
+    assert code == 1
+    assert _error_line(capsys).startswith("cnnkit train: error: device: 'cuda' requested but "
+                                          "this torch has no usable CUDA device")
+
+
+def test_cuda_index_out_of_range(monkeypatch, capsys, data_dir, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code = train_main(["lenet5", "--data-dir", data_dir, "--output", str(tmp_path),
+                       "--device", "cuda:2"] + QUICK)
+    assert code == 1
+    assert "device: 'cuda:2' requested but there are 2 CUDA devices" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("make_output", [
+    lambda tmp_path: tmp_path / "file",  # an existing file
+    lambda tmp_path: tmp_path / "file" / "run",  # below a file
+])
+def test_output_that_cannot_be_a_directory(make_output, capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    output = make_output(tmp_path)
+    # No data set at --data-dir: the output directory is checked before any data loads.
+    code = train_main(["lenet5", "--data-dir", str(tmp_path / "none"), "--output", str(output)]
+                      + QUICK)
+    assert code == 1
+    assert _error_line(capsys).startswith(f"cnnkit train: error: --output {output}: cannot "
+                                          "create the run directory")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_help_names_the_models(capsys):
+    assert train_main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "summary --list" not in out
+    assert "one of: lenet5, alexnet," in out and "resnet110" in out
 
 
 def test_usage_errors_exit_2(capsys):
@@ -91,6 +146,20 @@ def test_evaluate(trained_run, capsys):
     assert len(out) == 11 and out[-1].endswith("loss " + out[-1].rsplit(" ", 1)[1])
     assert "100 test images, top-1 accuracy" in out[-1] and "top-5 error" in out[-1]
     assert evaluate_main([list_checkpoints(trained_run)[0], "--ten-crop"]) == 0
+
+
+@pytest.mark.parametrize("limit", ["0", "-5"])
+def test_evaluate_refuses_a_limit_below_one(trained_run, capsys, limit):
+    assert evaluate_main([trained_run, "--limit-test", limit]) == 1
+    assert _error_line(capsys) == ("cnnkit evaluate: error: --limit-test: expected a positive "
+                                   f"int, got {limit}")
+
+
+def test_evaluate_bad_device(trained_run, capsys, no_cuda):
+    assert evaluate_main([trained_run, "--device", "bogus"]) == 1
+    assert "device: expected cpu, cuda or cuda:N, got 'bogus'" in _error_line(capsys)
+    assert evaluate_main([trained_run, "--device", "cuda"]) == 1
+    assert "device: 'cuda' requested but this torch has no usable CUDA" in _error_line(capsys)
 
 
 def test_evaluate_bad_checkpoints(trained_run, tmp_path, capsys):

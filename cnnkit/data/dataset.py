@@ -45,6 +45,9 @@ class ImageDataset:
 
     def subset(self, count):
         """The first `count` examples (all of them when count is None)."""
+        if count is not None and count < 0:
+            # A slice [:-n] would quietly drop the last n examples instead.
+            raise ValueError(f"count: expected None or an int >= 0, got {count}")
         if count is None or count >= len(self):
             return self
         return dataclasses.replace(self, images=self.images[:count], labels=self.labels[:count])

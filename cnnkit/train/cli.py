@@ -8,7 +8,8 @@ exit with 2; Ctrl-C saves a checkpoint and exits with 130.
 import argparse
 import sys
 
-from cnnkit.data import DataError
+from cnnkit.data import DataError, list_datasets
+from cnnkit.models import list_models
 
 from .checkpoint import CheckpointError
 from .config import AMP_DTYPES, AUGMENTATIONS, OPTIMIZERS, ConfigError
@@ -31,8 +32,8 @@ def train_parser():
         description="Train a model of the zoo. Settings left out come from the model's "
                     "recipe (LeNet-5: Fashion-MNIST, SGD on the LeNet schedule x100, 12 epochs).")
     add = parser.add_argument
-    add("model", help="model name (see `cnnkit summary --list` or cnnkit.models.list_models())")
-    add("--dataset", help="fashion-mnist, mnist or cifar10")
+    add("model", help=f"model name, one of: {', '.join(list_models())}")
+    add("--dataset", help=f"one of: {', '.join(list_datasets())}")
     add("--data-dir", help="directory of the data set (default: $CNNKIT_DATA, else the data "
                            "set's standard location)")
     add("--epochs", type=int)
@@ -119,8 +120,9 @@ def evaluate_main(argv):
     from .evaluate import evaluate_checkpoint
     from .metrics import per_class_accuracy
 
-    if args.batch_size <= 0:
-        return _fail("evaluate", f"--batch-size: expected a positive int, got {args.batch_size}")
+    for flag, value in (("--batch-size", args.batch_size), ("--limit-test", args.limit_test)):
+        if value is not None and value <= 0:
+            return _fail("evaluate", f"{flag}: expected a positive int, got {value}")
     try:
         path, metrics, meter, test_set = evaluate_checkpoint(
             args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,

@@ -1,6 +1,11 @@
 """TrainConfig: every setting of a training run. None means "the model's recipe default"."""
 
 import dataclasses
+import math
+
+import torch
+
+from cnnkit.data import list_datasets
 
 from .recipes import recipe_for
 from .schedules import SCHEDULES, resnet_milestones
@@ -13,6 +18,36 @@ class ConfigError(ValueError):
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("crop", "flip", "pca")
 AMP_DTYPES = ("bfloat16", "float16")
+DEVICE_TYPES = ("cpu", "cuda")  # what the training loop and the checkpoints support
+
+
+def parse_device(text=None):
+    """The torch.device that --device names (None: cuda when available, else cpu).
+
+    The one check of a device for training and evaluation: a name torch does not know,
+    a device type cnnkit does not train on, or CUDA that this torch or machine lacks is a
+    ConfigError here rather than a traceback later."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        _check_cuda(text, device)
+    return device
+
+
+def _check_cuda(text, device):
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {text!r} requested but this torch has no usable CUDA "
+                          "device; use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"device: {text!r} requested but there are {count} CUDA devices "
+                          f"(cuda:0 to cuda:{count - 1})")
 
 
 @dataclasses.dataclass
@@ -74,6 +109,9 @@ class TrainConfig:
         for name in ("limit_train", "limit_test", "threads"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
+        if self.dataset not in list_datasets():
+            raise ConfigError(f"dataset: unknown data set {self.dataset!r}; expected one of: "
+                              f"{', '.join(list_datasets())}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -83,13 +121,19 @@ class TrainConfig:
         if self.amp_dtype not in AMP_DTYPES:
             raise ConfigError(f"amp_dtype: expected one of {', '.join(AMP_DTYPES)}, "
                              f"got {self.amp_dtype!r}")
+        # NaN fails every comparison; inf passes them but turns the weights into NaN.
         for name in ("lr", "lr_scale"):
-            if not float(getattr(self, name)) > 0:
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
                 raise ConfigError(
-                    f"{name}: expected a positive number, got {getattr(self, name)!r}")
+                    f"{name}: expected a finite positive number, got {getattr(self, name)!r}")
         for name in ("momentum", "weight_decay"):
-            if not float(getattr(self, name)) >= 0:
-                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"{name}: expected a finite number >= 0, got {getattr(self, name)!r}")
+        if self.device is not None:
+            parse_device(self.device)
         unknown = set(self.augmentations) - set(AUGMENTATIONS)
         if unknown:
             raise ConfigError(f"augment: unknown augmentation {sorted(unknown)[0]!r}; expected "

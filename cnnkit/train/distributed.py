@@ -10,6 +10,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import parse_device
+
 
 @dataclasses.dataclass(frozen=True)
 class ProcessInfo:
@@ -28,12 +30,8 @@ class ProcessInfo:
 
 def pick_device(requested, process):
     """The torch.device of this process: cuda:LOCAL_RANK under torchrun on CUDA."""
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    device = parse_device(requested)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device: cuda requested but this torch has no usable CUDA device")
         if device.index is None:
             device = torch.device("cuda", process.local_rank if process.distributed else 0)
         torch.cuda.set_device(device)

@@ -7,7 +7,7 @@ import torch
 from cnnkit.data import BatchLoader, load_dataset
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, parse_device
 from .metrics import ClassificationMeter
 from .pipeline import InputPipeline
 
@@ -46,9 +46,9 @@ def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, te
     """Returns (path, metrics dict, ClassificationMeter) for the checkpoint's test set."""
     from cnnkit.models import model_info
 
+    device = parse_device(device)
     path, state = load_model_checkpoint(source)
     config = TrainConfig.from_dict(state["config"])
-    device = torch.device(device)
     model = build_model(path, state, device)
     test_set = load_dataset(config.dataset, data_dir or config.data_dir, train=False).subset(limit)
     use_ten_crop = config.ten_crop if ten_crop is None else ten_crop

@@ -18,7 +18,7 @@ from cnnkit.data import BatchLoader, load_dataset
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, parse_device
 from .metrics import ClassificationMeter
 from .pipeline import InputPipeline, data_statistics
 from .progress import Progress, format_duration
@@ -46,6 +46,18 @@ def fit(model="lenet5", *, on_batch_end=None, **settings):
     resuming. on_batch_end(trainer, epoch, step) is called after every training step.
     """
     return Trainer(dict(settings, model=model), on_batch_end).run()
+
+
+def _make_output_directory(output):
+    """Create the run directory before the data set loads: an --output that cannot be one
+    (an existing file, a read-only place) then fails at once, in one line."""
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--output {output}: cannot create the run directory there "
+                          f"({error.strerror or error})") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {output}: the run directory is not writable")
 
 
 def _unknown_settings(settings):
@@ -125,8 +137,7 @@ class Trainer:
         config = self.config
         # A process group the caller set up is theirs to keep; one made here is ours to end.
         self.owns_process_group = not torch.distributed.is_initialized()
-        self.process = distributed.init_process_group(
-            torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")).type)
+        self.process = distributed.init_process_group(parse_device(config.device).type)
         self.device = device = distributed.pick_device(config.device, self.process)
         if config.batch_size % self.process.world_size:
             raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the "
@@ -328,6 +339,7 @@ class Trainer:
 
     def run(self):
         self.config, resume_path, self.state = self._configure()
+        _make_output_directory(self.config.output)
         threads = torch.get_num_threads()  # --threads applies to this run only
         try:
             with self._stop_on_sigint():
