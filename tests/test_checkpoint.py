@@ -66,6 +66,46 @@ def test_rotation_keeps_the_newest(tmp_path):
     assert ckpt.checkpoint_name(2, 10) > ckpt.checkpoint_name(2, 9) > ckpt.checkpoint_name(1, 99)
 
 
+def test_rotation_never_deletes_the_checkpoint_just_written(tmp_path):
+    for epoch in (8, 9):  # another run's, later in name order
+        ckpt.save_rotating(_state(float(epoch)), tmp_path, epoch)
+    path = ckpt.save_rotating(_state(3.0), tmp_path, 3, keep=2)
+    assert ckpt.load_checkpoint(path)["tag"] == 3.0
+    assert ckpt.list_checkpoints(tmp_path) == [str(tmp_path / ckpt.checkpoint_name(9)), path]
+
+
+def _names(paths):
+    return [os.path.basename(path) for path in paths]
+
+
+def test_checkpoints_after_a_resume_point(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch in range(1, 5):
+        ckpt.save_checkpoint(_state(), run / ckpt.checkpoint_name(epoch))
+    resume = str(run / ckpt.checkpoint_name(2))
+    assert _names(ckpt.checkpoints_after(run, resume)) == [ckpt.checkpoint_name(4),
+                                                          ckpt.checkpoint_name(3)]
+    # The same directory by another spelling of its path.
+    assert len(ckpt.checkpoints_after(run, str(tmp_path / "." / "run" / "x" / ".." /
+                                               ckpt.checkpoint_name(2)))) == 2
+    # A file from elsewhere: none of the directory's checkpoints belong to its run.
+    elsewhere = ckpt.save_checkpoint(_state(), tmp_path / ckpt.checkpoint_name(9))
+    assert len(ckpt.checkpoints_after(run, elsewhere)) == 4
+
+
+def test_set_aside_moves_without_overwriting(tmp_path):
+    name = ckpt.checkpoint_name(5)
+    for tag in (1.0, 2.0):
+        ckpt.save_checkpoint(_state(tag), tmp_path / name)
+        moved = ckpt.set_aside([str(tmp_path / name)], tmp_path)
+        assert ckpt.list_checkpoints(tmp_path) == []
+    aside = tmp_path / ckpt.SUPERSEDED_DIR
+    assert sorted(os.listdir(aside)) == [name, name + ".1"]
+    assert ckpt.load_checkpoint(moved[0])["tag"] == 2.0
+    assert ckpt.load_checkpoint(aside / name)["tag"] == 1.0
+
+
 def test_corrupt_latest_falls_back_to_previous(tmp_path):
     ckpt.save_rotating(_state(1.0), tmp_path, 1)
     newest = ckpt.save_rotating(_state(2.0), tmp_path, 2)

@@ -89,6 +89,23 @@ def test_resume_skips_a_corrupt_latest_checkpoint(data_dir, tmp_path, capsys):
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
 
 
+def test_resume_from_a_file_into_another_runs_directory(data_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    fit("lenet5", epochs=4, seed=1, data_dir=data_dir, output=str(other), **QUICK)
+    first = fit("lenet5", epochs=1, data_dir=data_dir, output=str(tmp_path / "first"), **QUICK)
+    resumed = fit("lenet5", epochs=2, resume=first.checkpoint, data_dir=data_dir,
+                  output=str(other), **QUICK)
+    # The other run's later-named checkpoints no longer win over the one just written.
+    path, state = load_latest_checkpoint(other)
+    assert path == resumed.checkpoint and state["history"] == resumed.history
+    assert "set aside" in capsys.readouterr().out
+    # They are moved aside, not deleted.
+    assert sorted(os.listdir(other / "superseded")) == [
+        "checkpoint-e0003-s0000000.pt", "checkpoint-e0004-s0000000.pt"]
+    again = fit("lenet5", epochs=3, resume=True, data_dir=data_dir, output=str(other), **QUICK)
+    assert again.history[:2] == resumed.history and len(again.history) == 3
+
+
 def test_resume_refuses_another_model(data_dir, tmp_path):
     from cnnkit.train import CheckpointError
 

@@ -23,6 +23,7 @@ MAGIC = b"CNNKITCKPT\x00\x01"
 HEADER = struct.Struct(f"<{len(MAGIC)}s32sQ")
 CHECKPOINT_GLOB = "checkpoint-e*-s*.pt"
 CHECKPOINT_RE = re.compile(r"checkpoint-e(\d+)-s(\d+)\.pt$")
+SUPERSEDED_DIR = "superseded"  # where checkpoints another run left in a run directory go
 # Schedulers' state dicts hold these besides tensors and plain containers.
 SAFE_GLOBALS = [collections.Counter]
 
@@ -137,11 +138,49 @@ def load_latest_checkpoint(directory, map_location="cpu", on_skip=None):
 
 
 def save_rotating(state, directory, epoch, step=0, keep=2):
-    """Save the run's newest checkpoint, then delete all but the `keep` newest."""
+    """Save the run's newest checkpoint, then delete all but it and the `keep` - 1 newest
+    others. The one just written is kept even when others sort after it: it is the run's
+    last good state whatever the directory holds."""
     path = save_checkpoint(state, os.path.join(os.fspath(directory), checkpoint_name(epoch, step)))
-    for old in list_checkpoints(directory)[max(keep, 1):]:
+    others = [other for other in list_checkpoints(directory) if other != path]
+    for old in others[max(keep, 1) - 1:]:
         try:
             os.unlink(old)
         except FileNotFoundError:
             pass
     return path
+
+
+def checkpoints_after(directory, resume_path):
+    """Checkpoints of run directory `directory` that are not the past of the run resumed
+    from resume_path: those named after it when it lies in `directory` (an abandoned
+    continuation, or damaged ones skipped), every one when it lies elsewhere (another
+    run's). Newest first."""
+    paths = list_checkpoints(directory)
+    if not os.path.samefile(os.path.dirname(os.path.abspath(resume_path)), directory):
+        return paths
+    resume_name = os.path.basename(resume_path)
+    return [path for path in paths if os.path.basename(path) > resume_name]
+
+
+def _unused_name(path):
+    candidate, number = path, 0
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = f"{path}.{number}"
+    return candidate
+
+
+def set_aside(paths, directory):
+    """Move checkpoints into directory/SUPERSEDED_DIR, where neither a resume nor the
+    rotation looks, without overwriting any there. Renames: atomic, nothing copied."""
+    target = os.path.join(os.fspath(directory), SUPERSEDED_DIR)
+    os.makedirs(target, exist_ok=True)
+    moved = []
+    for path in paths:
+        destination = _unused_name(os.path.join(target, os.path.basename(path)))
+        os.rename(path, destination)
+        moved.append(destination)
+    _fsync_directory(target)
+    _fsync_directory(os.fspath(directory))
+    return moved

@@ -271,6 +271,20 @@ class Trainer:
             self.say(f"note: {self.config.output} held an earlier run; starting a new run "
                      "there (pass --resume to continue the earlier one)")
 
+    def _set_aside_other_checkpoints(self, resume_path):
+        """A run resumed into a directory holding checkpoints named after its resume point
+        (another run's, or its own abandoned continuation) moves those aside: the rotation
+        keeps the newest names, so they would outlive this run's checkpoints and a later
+        --resume would continue them instead."""
+        if not self.process.is_main:
+            return
+        others = ckpt.checkpoints_after(self.config.output, resume_path)
+        if others:
+            moved = ckpt.set_aside(others, self.config.output)
+            self.say(f"note: {self.config.output} held {len(moved)} checkpoint(s) not part of "
+                     f"the run resumed from {resume_path}; set aside in "
+                     f"{os.path.dirname(moved[0])}")
+
     # ---- training ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -376,6 +390,8 @@ class Trainer:
         start_epoch, start_step = 0, 0
         if self.state is None:
             self._prepare_output()
+        else:
+            self._set_aside_other_checkpoints(resume_path)
         if self.process.is_main:
             self.records = RunRecords(config.output)
         if self.state is not None:
