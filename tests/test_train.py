@@ -142,9 +142,9 @@ def test_two_gloo_processes_match_one_process(model, dataset, extra, request, tm
             "--optimizer", "sgd", "--schedule", "constant", "--no-progress",
             "--threads", "1"] + extra
     single = _torchrun(args + ["--output", str(tmp_path / "one")], 1)
-    assert single.returncode == 0, single.stderr[-2000:]
+    assert single.returncode == 0, single.stderr[-8000:]
     double = _torchrun(args + ["--output", str(tmp_path / "two")], 2)
-    assert double.returncode == 0, double.stderr[-2000:]
+    assert double.returncode == 0, double.stderr[-8000:]  # the workers' own messages too
     assert double.stdout.count("test top-1 accuracy") == 1  # rank 0 alone reports
     _, one = load_latest_checkpoint(tmp_path / "one")
     _, two = load_latest_checkpoint(tmp_path / "two")

@@ -50,6 +50,13 @@ def init_process_group(device_type):
     return process
 
 
+def wait_for_all(process):
+    """Every process reaches this point before any goes on: a rank that ends its run (and
+    tears down its connections) while another is still communicating can abort that one."""
+    if process.distributed:
+        dist.barrier()
+
+
 def destroy_process_group():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

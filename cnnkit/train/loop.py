@@ -357,7 +357,10 @@ class Trainer:
         threads = torch.get_num_threads()  # --threads applies to this run only
         try:
             with self._stop_on_sigint():
-                return self._run(resume_path)
+                result = self._run(resume_path)
+            # Not in `finally`: after a failure on one rank the others would wait forever.
+            distributed.wait_for_all(self.process)
+            return result
         finally:
             torch.set_num_threads(threads)
             if getattr(self, "owns_process_group", False):
