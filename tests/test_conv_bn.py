@@ -277,6 +277,20 @@ def test_cache_follows_fused_optimizer_steps(optimizer):
     torch.testing.assert_close(eval_output(ours, x), eval_output(eager, x), **TOL[torch.float32])
 
 
+def test_a_frozen_modules_fold_outlives_other_optimizer_steps():
+    ours, _ = make_pair(CONFIGS[0])
+    ours.eval().requires_grad_(False)  # a frozen backbone; a head trains beside it
+    head = nn.Linear(2, 2)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 6, 6)
+    eval_output(ours, x)
+    cached = ours._fold_cache.cached(ours.conv)[0]
+    head(torch.randn(1, 2)).sum().backward()
+    opt.step()
+    eval_output(ours, x)
+    assert ours._fold_cache.cached(ours.conv)[0] is cached
+
+
 def test_cache_is_not_fooled_by_a_new_tensor_in_a_freed_ones_place():
     """A parametrized weight is a new tensor on every access, which often gets the id,
     storage and version of the one freed just before it."""

@@ -1,14 +1,16 @@
 """Eval-mode Conv2d -> BatchNorm2d as one convolution with folded weights, cached.
 
 One cache serves every module that folds: ConvBNReLU2d, the ResNet blocks and stems, and
-VGG's fused features. A cached fold is reused only while every tensor it was made from
-(conv weight and bias, BN weight, bias, running mean and variance) is the same live object
-with the same storage, version counter (in-place updates: optimizer steps,
-load_state_dict), dtype, device and shape, no torch.optim optimizer has stepped since
-(fused optimizers update parameters without bumping their version counters), and BN's
-eps and the inference mode are the ones it was made under (a fold made in inference mode
-is an inference tensor, unusable outside it). In-place edits through ``.data`` bypass
-version counters: ``clear()`` after those.
+VGG's fused features. A cached fold is reused only while
+- every tensor it was made from (conv weight and bias, BN weight, bias, running mean and
+  variance) is the same live object with the same storage, version counter (in-place
+  updates: optimizer steps, load_state_dict), dtype, device and shape;
+- no torch.optim optimizer has stepped since, where a source takes gradients (fused
+  optimizers update parameters without bumping their version counters; a frozen model's
+  folds outlive the steps of a head trained beside it);
+- BN's eps and the inference mode are the ones it was made under (a fold made in
+  inference mode is an inference tensor, unusable outside it).
+In-place edits through ``.data`` bypass version counters: ``clear()`` after those.
 
 Under autocast the folded convolution runs in the autocast dtype, as the eager
 convolution would.
@@ -29,7 +31,8 @@ from cnnkit.functional.conv_bn import (
 )
 
 
-# Counts the steps of every torch.optim optimizer: a fold made before a step is stale.
+# Counts the steps of every torch.optim optimizer: a fold of trainable tensors made before
+# a step is stale.
 _optimizer_step = 0
 
 
@@ -141,7 +144,8 @@ class FoldedConvBNCache:
                 tuple(_tensor_key(t) for t in sources),
                 bn.eps,
                 torch.is_inference_mode_enabled(),
-                _optimizer_step,
+                # Only a tensor that takes gradients can be stepped (a frozen one gets none).
+                _optimizer_step if any(t is not None and t.requires_grad for t in sources) else None,
             )
         except _Uncacheable:
             return None
