@@ -38,6 +38,14 @@ def test_train_reports_test_accuracy(trained_run, capsys, data_dir, tmp_path):
     assert last.startswith("lenet5 on mnist: test top-1 accuracy ") and "top-5 error" in last
 
 
+def test_ten_crop_of_a_model_trained_without_shifts_says_what_to_expect(trained_run, data_dir, capsys):
+    assert evaluate_main([trained_run, "--data-dir", data_dir, "--ten-crop", "--limit-test", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "ten-crop" in err and "trained without crop and flip augmentation" in err
+    assert evaluate_main([trained_run, "--data-dir", data_dir, "--limit-test", "20"]) == 0
+    assert "ten-crop" not in capsys.readouterr().err  # single view: nothing to say
+
+
 def test_unknown_model(capsys):
     assert train_main(["lenet7"]) == 1
     line = _error_line(capsys)

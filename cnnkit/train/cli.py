@@ -7,6 +7,7 @@ exit with 2; Ctrl-C saves a checkpoint and exits with 130.
 
 import argparse
 import sys
+import warnings
 
 from cnnkit.data import DataError, list_datasets
 from cnnkit.models import list_models
@@ -124,11 +125,15 @@ def evaluate_main(argv):
         if value is not None and value <= 0:
             return _fail("evaluate", f"{flag}: expected a positive int, got {value}")
     try:
-        path, metrics, meter, test_set = evaluate_checkpoint(
-            args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,
-            args.limit_test)
+        with warnings.catch_warnings(record=True) as caught:  # shown as one line each
+            warnings.simplefilter("always")
+            path, metrics, meter, test_set = evaluate_checkpoint(
+                args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,
+                args.limit_test)
     except USER_ERRORS as error:
         return _fail("evaluate", error)
+    for warning in caught:
+        print(f"cnnkit evaluate: {warning.message}", file=sys.stderr)
     if args.per_class:
         for name, accuracy in zip(test_set.classes, per_class_accuracy(meter.confusion)):
             print(f"  {name:<14} {100 * float(accuracy):6.2f}%")

@@ -1,6 +1,7 @@
 """evaluate_checkpoint(): top-1/top-5 of a saved model on its data set's test split."""
 
 import os
+import warnings
 
 import torch
 
@@ -52,6 +53,9 @@ def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, te
     model = build_model(path, state, device)
     test_set = load_dataset(config.dataset, data_dir or config.data_dir, train=False).subset(limit)
     use_ten_crop = config.ten_crop if ten_crop is None else ten_crop
+    caveat = config.ten_crop_caveat(use_ten_crop)
+    if caveat:
+        warnings.warn(caveat, stacklevel=2)
     pipeline = InputPipeline(state["data_stats"], model_info(state["model_name"]).input_size[1:],
                              ten_crop=use_ten_crop)
     meter = ClassificationMeter(test_set.num_classes)

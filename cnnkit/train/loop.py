@@ -404,6 +404,9 @@ class Trainer:
                  f"{config.batch_size}, {config.optimizer}, {config.schedule} schedule, "
                  f"{self.device}, {self.process.world_size} process(es), "
                  f"{torch.get_num_threads()} threads; output {config.output}")
+        caveat = config.ten_crop_caveat(config.ten_crop)
+        if caveat:
+            self.say(caveat)
         test = None
         for epoch in range(start_epoch, config.epochs):
             meter = ClassificationMeter(self.train_set.num_classes)
