@@ -9,14 +9,16 @@ from cnnkit import _ops
 
 
 def backends():
-    """What the extension was built with: CPU SIMD level and CUDA architectures, or why not."""
+    """What the extension was built with: the CPU SIMD levels (and the one chosen when it
+    loaded, from torch's: ATEN_CPU_CAPABILITY applies) and CUDA architectures, or why not."""
     if _ops._C is None:
         return {"extension": f"not built ({_ops.LOAD_ERROR})", "cpu": "reference only", "cuda": "no CUDA"}
     cuda_ops = sorted(name for name, device in _ops.COMPILED_KERNELS if device == "cuda")
     return {
         "extension": _ops._C.__file__,
-        "cpu": f"{_ops._C.cpu_capability} SIMD kernels, {torch.get_num_threads()} threads "
-        f"(this CPU supports {torch.backends.cpu.get_cpu_capability()})",
+        "cpu": f"{_ops._C.cpu_capability} SIMD kernels active, {torch.get_num_threads()} threads "
+        f"(compiled: {_ops._C.cpu_capabilities.replace(',', ', ')}; "
+        f"torch's capability: {torch.backends.cpu.get_cpu_capability()})",
         "cuda": f"kernels for {_ops._C.cuda_archs}" if cuda_ops else "no CUDA",
     }
 

@@ -25,3 +25,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_report_header(config):
+    return f"cnnkit CPU kernels: {cnnkit._ops._C.cpu_capability} (compiled: {cnnkit._ops._C.cpu_capabilities})"

@@ -14,7 +14,8 @@ def test_info_names_versions_backends_and_ops(capsys):
     out = capsys.readouterr().out
     assert f"cnnkit {cnnkit.__version__}" in out
     assert f"torch {torch.__version__}" in out
-    assert f"{cnnkit._ops._C.cpu_capability} SIMD kernels" in out
+    assert f"{cnnkit._ops._C.cpu_capability} SIMD kernels active" in out
+    assert "compiled: DEFAULT" in out
     assert ("no CUDA" in out) != cnnkit._ops.has_kernel("local_response_norm", "cuda")
     assert "torch.ops.cnnkit.local_response_norm [cpu" in out
 

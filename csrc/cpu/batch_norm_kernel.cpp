@@ -14,11 +14,14 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/capability.h"
 #include "cpu/vec_io.h"
 #include "ops/batch_norm.h"
 
 namespace cnnkit {
 namespace cpu {
+// Compiled once per capability (capability.h).
+namespace CPU_CAPABILITY {
 namespace {
 
 namespace bn = cnnkit::batch_norm;
@@ -581,14 +584,17 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
 }
 
 }  // namespace
+}  // namespace CPU_CAPABILITY
+
+template <>
+void register_batch_norm_kernels<Capability::CPU_CAPABILITY>(torch::Library& m) {
+  m.impl("batch_norm_stats", &CPU_CAPABILITY::batch_norm_stats_cpu);
+  m.impl("batch_norm_train_stats", &CPU_CAPABILITY::batch_norm_train_stats_cpu);
+  m.impl("batch_norm_act", &CPU_CAPABILITY::batch_norm_act_cpu);
+  m.impl("batch_norm_act_backward", &cnnkit::batch_norm_act_backward);
+  m.impl("batch_norm_act_backward_reduce", &CPU_CAPABILITY::batch_norm_act_backward_reduce_cpu);
+  m.impl("batch_norm_act_backward_apply", &CPU_CAPABILITY::batch_norm_act_backward_apply_cpu);
+}
+
 }  // namespace cpu
 }  // namespace cnnkit
-
-TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
-  m.impl("batch_norm_stats", &cnnkit::cpu::batch_norm_stats_cpu);
-  m.impl("batch_norm_train_stats", &cnnkit::cpu::batch_norm_train_stats_cpu);
-  m.impl("batch_norm_act", &cnnkit::cpu::batch_norm_act_cpu);
-  m.impl("batch_norm_act_backward", &cnnkit::batch_norm_act_backward);
-  m.impl("batch_norm_act_backward_reduce", &cnnkit::cpu::batch_norm_act_backward_reduce_cpu);
-  m.impl("batch_norm_act_backward_apply", &cnnkit::cpu::batch_norm_act_backward_apply_cpu);
-}

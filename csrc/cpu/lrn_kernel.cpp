@@ -19,11 +19,14 @@
 #include <sys/mman.h>
 #endif
 
+#include "cpu/capability.h"
 #include "cpu/vec_io.h"
 #include "ops/lrn.h"
 
 namespace cnnkit {
 namespace cpu {
+// Compiled once per capability (capability.h).
+namespace CPU_CAPABILITY {
 namespace {
 
 struct LrnParams {
@@ -563,10 +566,13 @@ at::Tensor local_response_norm_backward_cpu(const at::Tensor& grad_output, const
 }
 
 }  // namespace
+}  // namespace CPU_CAPABILITY
+
+template <>
+void register_lrn_kernels<Capability::CPU_CAPABILITY>(torch::Library& m) {
+  m.impl("local_response_norm", &CPU_CAPABILITY::local_response_norm_cpu);
+  m.impl("local_response_norm_backward", &CPU_CAPABILITY::local_response_norm_backward_cpu);
+}
+
 }  // namespace cpu
 }  // namespace cnnkit
-
-TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
-  m.impl("local_response_norm", &cnnkit::cpu::local_response_norm_cpu);
-  m.impl("local_response_norm_backward", &cnnkit::cpu::local_response_norm_backward_cpu);
-}

@@ -11,8 +11,13 @@
 #include <cstdint>
 #include <type_traits>
 
+#ifndef CPU_CAPABILITY
+#error "vec_io.h is for the kernel builds, which define CPU_CAPABILITY (capability.h)"
+#endif
+
 namespace cnnkit {
 namespace cpu {
+namespace CPU_CAPABILITY {
 
 template <typename scalar_t>
 using opmath_t = at::opmath_type<scalar_t>;
@@ -150,5 +155,6 @@ inline void store_channel_rows(const opmath_t<scalar_t>* src, int64_t ld, int64_
   }
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace cnnkit
