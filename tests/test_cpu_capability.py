@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_capability import environment
 
 import cnnkit
-from cpu_capability import environment
 
 LEVELS = ["DEFAULT", "AVX2", "AVX512"]
 NATIVE = torch.backends.cpu.get_cpu_capability()
