@@ -22,13 +22,13 @@ LIBRARY_LEVELS = {
 }
 
 
-def environment(capability, base=None):
-    """`base` (default: this process's environment) as on a CPU of at most `capability`."""
+def environment(capability):
+    """This process's environment as on a CPU of at most `capability`."""
     capability = capability.lower()
     if capability not in LIBRARY_LEVELS:
         raise ValueError(f"capability must be one of {list(LIBRARY_LEVELS)}, got {capability!r}")
     cache = os.path.join(tempfile.gettempdir(), f"torchinductor-{capability}")
-    return {**(os.environ if base is None else base), "ATEN_CPU_CAPABILITY": capability,
+    return {**os.environ, "ATEN_CPU_CAPABILITY": capability,
             "TORCHINDUCTOR_CACHE_DIR": cache, **LIBRARY_LEVELS[capability]}
 
 
