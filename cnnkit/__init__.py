@@ -8,4 +8,5 @@ from cnnkit import functional, models, nn, reference  # noqa: F401
 # The functions shadow their modules as attributes of the package, as the API asks
 # (cnnkit.fuse(model), cnnkit.summary(model, size)); import the modules with `from`.
 from cnnkit.fuse import fuse  # noqa: F401,E402
+from cnnkit.inference import optimize_for_inference  # noqa: F401,E402
 from cnnkit.summary import summary  # noqa: F401,E402

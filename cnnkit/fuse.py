@@ -37,21 +37,22 @@ containers would break the model's own forward, which runs the BN, add and ReLU 
 
 import copy
 import itertools
-import operator
 
 import torch
 import torch.fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cnnkit.fx_patterns import (
+    is_add,
+    is_relu,
+    module_call_counts,
+    only_user,
+    replace_module,
+    residual_of,
+)
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
 from cnnkit.nn.blocks import BasicBlock, Bottleneck
-
-_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
-_RELU_METHODS = ("relu", "relu_")
-_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
-_ADD_METHODS = ("add", "add_")
-_IN_PLACE_ADDS = (operator.iadd, "add_")
 
 
 def fuse(model, inplace=False):
@@ -123,76 +124,40 @@ def _is_plain_batch_norm(gm, node):
     return node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.BatchNorm2d
 
 
-def _is_relu(gm, node):
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target)) is nn.ReLU
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS and len(node.args) == 1
-    return node.op == "call_method" and node.target in _RELU_METHODS and len(node.args) == 1
-
-
-def _is_add(node):
-    if node.op == "call_function":
-        plain = node.target in _ADD_FUNCTIONS
-    else:
-        plain = node.op == "call_method" and node.target in _ADD_METHODS
-    return plain and len(node.args) == 2 and not node.kwargs
-
-
-def _only_user(node):
-    return next(iter(node.users)) if len(node.users) == 1 else None
-
-
-def _residual_of(bn_node, add):
-    """The other operand of `add` where it can go to the fused op as ``residual=``, or None:
-    a traced value other than the BN output itself (relu(y + y) is no residual add), and
-    not the target of an in-place add (r.add_(bn(x)) changes r, which the fused op would not)."""
-    first, second = add.args
-    residual = second if first is bn_node else first
-    if not isinstance(residual, torch.fx.Node) or residual is bn_node:
-        return None
-    if add.target in _IN_PLACE_ADDS and first is not bn_node:
-        return None
-    return residual
-
-
 def fuse_graph(gm):
     """Rewrite the BN -> [add ->] ReLU patterns of a traced GraphModule in place."""
-    calls = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = module_call_counts(gm)
     for node in list(gm.graph.nodes):
         # A BN module called from several places keeps its torch.nn type.
         if not _is_plain_batch_norm(gm, node) or calls[node.target] != 1 or len(node.args) != 1:
             continue
-        user = _only_user(node)
-        if user is not None and _is_relu(gm, user):
-            _replace_module(gm, node.target, BatchNormReLU2d.from_torch(gm.get_submodule(node.target)))
+        user = only_user(node)
+        if user is not None and is_relu(gm, user):
+            replace_module(gm, node.target, BatchNormReLU2d.from_torch(gm.get_submodule(node.target)))
             user.replace_all_uses_with(node)
             gm.graph.erase_node(user)
         elif _is_residual_add_relu(gm, node, user):
             _fuse_add_relu(gm, node, user)
         else:
-            _replace_module(gm, node.target, BatchNorm2d.from_torch(gm.get_submodule(node.target)))
+            replace_module(gm, node.target, BatchNorm2d.from_torch(gm.get_submodule(node.target)))
     gm.graph.lint()
     gm.recompile()
     return gm
 
 
 def _is_residual_add_relu(gm, bn_node, add):
-    if add is None or not _is_add(add):
+    if add is None or not is_add(add):
         return False
-    relu = _only_user(add)
-    return relu is not None and _is_relu(gm, relu) and _residual_of(bn_node, add) is not None
+    relu = only_user(add)
+    return relu is not None and is_relu(gm, relu) and residual_of(bn_node, add) is not None
 
 
 def _fuse_add_relu(gm, bn_node, add):
     """relu(bn(x) + residual) -> one _bn_add_relu call on the BN, now a BatchNormReLU2d."""
-    relu = _only_user(add)
-    residual = _residual_of(bn_node, add)
+    relu = only_user(add)
+    residual = residual_of(bn_node, add)
     bn_module = gm.get_submodule(bn_node.target)
-    _replace_module(gm, bn_node.target, BatchNormReLU2d.from_torch(bn_module))
+    replace_module(gm, bn_node.target, BatchNormReLU2d.from_torch(bn_module))
     with gm.graph.inserting_before(relu):  # after both the BN input and the residual
         bn = gm.graph.get_attr(bn_node.target)
         fused = gm.graph.call_function(_bn_add_relu, (bn, *bn_node.args), {"residual": residual})
@@ -210,11 +175,6 @@ def _bn_add_relu(bn, input, residual):
             and residual.dtype == input.dtype and residual.device == input.device):
         return bn(input, residual=residual)
     return torch.relu(_BatchNorm.forward(bn, input) + residual)  # nn.BatchNorm2d's forward
-
-
-def _replace_module(root, target, module):
-    parent_name, _, name = target.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, name, module)
 
 
 # --------------------------------------------------------------------------------------

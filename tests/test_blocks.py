@@ -74,7 +74,6 @@ def test_block_matches_torchvision_formula_in_eval(kind, inplanes, planes, strid
     with torch.no_grad():
         expected = torchvision_forward(block, x)
         torch.testing.assert_close(block(x), expected)
-        torch.testing.assert_close(block(x), expected)  # again, from the folded-weight cache
 
 
 @pytest.mark.parametrize("kind, inplanes, planes, stride", CASES)
@@ -153,12 +152,12 @@ def test_zero_init_residual_makes_each_block_start_as_identity():
         torch.testing.assert_close(block(x), torch.relu(x))
 
 
-def test_folded_weights_follow_parameter_updates():
+def test_eval_follows_parameter_updates():
     fused = randomize(make_block("basic", 16, 16)).eval()
     eager = make_block("basic", 16, 16, fused=False).eval()
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
     with torch.no_grad():
-        fused(x)  # fills the cache
+        fused(x)
         fused.bn1.weight.mul_(2)
         fused.conv2.weight.add_(0.1)
         fused.bn2.running_var.add_(1)
@@ -169,44 +168,20 @@ def test_folded_weights_follow_parameter_updates():
         torch.testing.assert_close(fused(x), eager(x))
 
 
-@pytest.mark.parametrize("owner", ["block", "resnet stem"])
-def test_going_to_training_frees_the_folds(owner):
-    model = resnet50(num_classes=10).eval()
-    module, conv = (model.layer1[0], model.layer1[0].conv1) if owner == "block" else (model, model.conv1)
-    with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
-    assert module._fold_cache.cached(conv) is not None
-    model.train()
-    assert module._fold_cache.cached(conv) is None
-
-
-def test_folded_weights_follow_a_data_swap():
+def test_eval_follows_a_data_swap():
     fused = randomize(make_block("basic", 16, 16)).eval()
     eager = make_block("basic", 16, 16, fused=False).eval()
     eager.load_state_dict(fused.state_dict())
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
     with torch.no_grad():
-        fused(x)  # fills the cache
+        fused(x)
         new_weight = torch.randn_like(fused.conv1.weight) * 0.1
         fused.conv1.weight.data = new_weight.clone()  # a new storage, the same version
         eager.conv1.weight.data = new_weight.clone()
         torch.testing.assert_close(fused(x), eager(x))
 
 
-def test_a_fold_made_in_inference_mode_is_not_reused_under_autograd():
-    fused = randomize(make_block("bottleneck", 32, 8, 2)).eval().requires_grad_(False)
-    eager = make_block("bottleneck", 32, 8, 2, fused=False).eval().requires_grad_(False)
-    eager.load_state_dict(fused.state_dict())
-    x = torch.randn(2, 32, 8, 8, dtype=torch.float64)
-    with torch.inference_mode():
-        fused(x)  # folds made here are inference tensors
-    x_fused, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
-    fused(x_fused).square().sum().backward()
-    eager(x_eager).square().sum().backward()
-    torch.testing.assert_close(x_fused.grad, x_eager.grad)
-
-
-def test_eval_gradients_flow_through_the_folded_path():
+def test_eval_gradients_match_eager():
     fused = randomize(make_block("bottleneck", 32, 8, 2)).eval()
     eager = make_block("bottleneck", 32, 8, 2, fused=False).eval()
     eager.load_state_dict(fused.state_dict())

@@ -156,6 +156,15 @@ def test_evaluate(trained_run, capsys):
     assert evaluate_main([list_checkpoints(trained_run)[0], "--ten-crop"]) == 0
 
 
+def test_evaluate_optimized_gives_the_same_figures(trained_run, capsys):
+    assert evaluate_main([trained_run]) == 0
+    plain = capsys.readouterr().out.strip().splitlines()[-1]
+    assert evaluate_main([trained_run, "--optimize"]) == 0
+    optimized = capsys.readouterr().out.strip().splitlines()[-1]
+    # The same predictions; the loss may differ in its last printed digit (BN folded).
+    assert optimized.split(", loss")[0] == plain.split(", loss")[0]
+
+
 @pytest.mark.parametrize("limit", ["0", "-5"])
 def test_evaluate_refuses_a_limit_below_one(trained_run, capsys, limit):
     assert evaluate_main([trained_run, "--limit-test", limit]) == 1

@@ -114,7 +114,7 @@ def test_eval_matches_eager(config, activation, layout, dtype):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
-def test_eval_gradients_flow_through_the_fold(activation, layout):
+def test_eval_gradients_match_eager(activation, layout):
     ours, eager = make_pair(CONFIGS[1], activation, dtype=torch.float64)
     ours.eval(), eager.eval()
     x = to_layout(torch.randn(2, 4, 9, 9, dtype=torch.float64), layout)
@@ -126,20 +126,6 @@ def test_eval_gradients_flow_through_the_fold(activation, layout):
     torch.testing.assert_close(x_ours.grad, x_eager.grad)
     for (name, p_ours), p_eager in zip(ours.named_parameters(), eager.parameters()):
         torch.testing.assert_close(p_ours.grad, p_eager.grad, msg=name)
-    assert ours._fold_cache.cached(ours.conv) is None  # grads needed: folded on the fly, nothing cached
-
-
-def test_eval_input_gradient_with_frozen_parameters_uses_the_cache():
-    ours, eager = make_pair(CONFIGS[0])
-    ours.eval().requires_grad_(False), eager.eval().requires_grad_(False)
-    x = torch.randn(2, 3, 8, 8)
-    with torch.inference_mode():
-        ours(x)  # a cache made in inference mode must not leak into autograd
-    x_ours, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours(x_ours).sum().backward()
-    eager(x_eager).sum().backward()
-    torch.testing.assert_close(x_ours.grad, x_eager.grad)
-    assert ours._fold_cache.cached(ours.conv) is not None
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -208,7 +194,9 @@ def eval_output(module, x):
         return module(x)
 
 
-def test_cache_is_reused_and_invalidated():
+def test_eval_follows_every_change():
+    """Nothing is cached: in-place edits, loads, eps, conversions, optimizer steps and
+    edits through .data all show in the next eval call."""
     ours, eager = make_pair(CONFIGS[1])
     ours.eval(), eager.eval()
     x = torch.randn(2, 4, 9, 9)
@@ -219,9 +207,6 @@ def test_cache_is_reused_and_invalidated():
         )
 
     check()
-    cached = ours._fold_cache.cached(ours.conv)[0]
-    check()
-    assert ours._fold_cache.cached(ours.conv)[0] is cached  # nothing changed: no refold
 
     with torch.no_grad():  # in-place edits of every parameter and buffer
         for mine, theirs in zip(ours.state_dict().values(), eager.state_dict().values()):
@@ -251,23 +236,21 @@ def test_cache_is_reused_and_invalidated():
     opt_eager = torch.optim.SGD(eager.parameters(), lr=0.5)
     ours(x).sum().backward(), eager(x).sum().backward()
     opt.step(), opt_eager.step()
-    assert ours._fold_cache.cached(ours.conv) is None  # train() drops the cache
     ours.eval(), eager.eval()
     check()
 
-    with torch.no_grad():  # .data edits bypass version counters: documented reset
+    with torch.no_grad():  # .data edits bypass version counters
         ours.conv.weight.data.zero_(), eager[0].weight.data.zero_()
-    ours.reset_folded_cache()
     check()
 
 
 @pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam])
-def test_cache_follows_fused_optimizer_steps(optimizer):
+def test_eval_follows_fused_optimizer_steps(optimizer):
     """Fused optimizers update parameters without bumping their version counters."""
     ours, eager = make_pair(CONFIGS[0])
     ours.eval(), eager.eval()
     x = torch.randn(2, 3, 6, 6)
-    eval_output(ours, x)  # cache a fold
+    eval_output(ours, x)
     opt = optimizer(ours.parameters(), lr=0.1, fused=True)
     version = ours.conv.weight._version
     ours(x).sum().backward()
@@ -277,23 +260,9 @@ def test_cache_follows_fused_optimizer_steps(optimizer):
     torch.testing.assert_close(eval_output(ours, x), eval_output(eager, x), **TOL[torch.float32])
 
 
-def test_a_frozen_modules_fold_outlives_other_optimizer_steps():
-    ours, _ = make_pair(CONFIGS[0])
-    ours.eval().requires_grad_(False)  # a frozen backbone; a head trains beside it
-    head = nn.Linear(2, 2)
-    opt = torch.optim.SGD(head.parameters(), lr=0.1)
-    x = torch.randn(2, 3, 6, 6)
-    eval_output(ours, x)
-    cached = ours._fold_cache.cached(ours.conv)[0]
-    head(torch.randn(1, 2)).sum().backward()
-    opt.step()
-    eval_output(ours, x)
-    assert ours._fold_cache.cached(ours.conv)[0] is cached
-
-
-def test_cache_is_not_fooled_by_a_new_tensor_in_a_freed_ones_place():
-    """A parametrized weight is a new tensor on every access, which often gets the id,
-    storage and version of the one freed just before it."""
+def test_eval_follows_a_parametrized_weight():
+    """A parametrized weight is a new tensor on every access (often with the id, storage
+    and version of the one freed just before it)."""
     torch.manual_seed(0)
     module = ConvBNReLU2d(4, 8, 3, padding=1).eval()
     torch.nn.utils.parametrizations.weight_norm(module.conv)
@@ -316,20 +285,18 @@ def test_eval_under_autocast_runs_in_the_autocast_dtype():
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
 
 
-def test_copies_do_not_share_the_cache():
+def test_copies_are_independent():
     ours, eager = make_pair(CONFIGS[0])
     ours.eval(), eager.eval()
     x = torch.randn(2, 3, 6, 6)
     eval_output(ours, x)
     clone = copy.deepcopy(ours)
-    assert clone._fold_cache.cached(clone.conv) is None
     with torch.no_grad():
         clone.bn.bias.add_(1.0)
     buffer = io.BytesIO()
     torch.save(ours, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
-    assert loaded._fold_cache.cached(loaded.conv) is None
     torch.testing.assert_close(eval_output(ours, x), eval_output(eager, x))
     torch.testing.assert_close(eval_output(loaded, x), eval_output(eager, x))
     assert not torch.allclose(eval_output(clone, x), eval_output(eager, x))
@@ -477,15 +444,14 @@ class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_eval_is_one_fused_convolution(layout):
-    """Eval without autograd: one oneDNN call, no batch norm, no separate activation; the
-    fold runs once and later calls reuse it."""
+def test_eval_is_the_convolution_and_one_fused_batch_norm(layout):
+    """Eval runs BN, residual add and activation as one cnnkit op on the running
+    statistics (folding them into the convolution is cnnkit.optimize_for_inference)."""
     module = ConvBNReLU2d(3, 8, 3, padding=1).eval()
     x = to_layout(torch.randn(2, 3, 8, 8), layout)
-    with torch.no_grad():
-        module(x)  # folds
-        with _RecordOps() as recorded:
-            module(x)
-    assert recorded.names == ["mkldnn._convolution_pointwise"]
+    residual = to_layout(torch.randn(2, 8, 8, 8), layout)
+    with torch.no_grad(), _RecordOps() as recorded:
+        module(x, residual)
+    # add and rsqrt: 1 / sqrt(running_var + eps), per channel.
+    assert recorded.names == ["aten.convolution", "aten.add", "aten.rsqrt", "cnnkit.batch_norm_act"]

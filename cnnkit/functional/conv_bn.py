@@ -22,7 +22,8 @@ ACTIVATIONS = (None, "identity", "relu", "leaky_relu")
 
 # oneDNN's fused conv + bias + activation (one pass over the output) handles these dtypes.
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-_ONEDNN_RESIDUAL_ACTIVATIONS = (None, "identity", "relu")
+# torch's binary entry point takes no leaky_relu after the add ("undefined").
+ONEDNN_RESIDUAL_ACTIVATIONS = (None, "identity", "relu")
 
 
 def check_activation(activation, negative_slope=0.01):
@@ -66,7 +67,7 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _conv_output_shape(input, weight, stride, padding, dilation):
+def conv_output_shape(input, weight, stride, padding, dilation):
     sizes = [input.size(0), weight.size(0)]
     for i in range(2):
         span = dilation[i] * (weight.size(2 + i) - 1) + 1
@@ -85,7 +86,7 @@ def _fusable(input, weight, bias, residual, stride, padding, dilation):
         return False
     if _needs_grad(input, weight, bias, residual):
         return False
-    return residual is None or residual.shape == _conv_output_shape(
+    return residual is None or residual.shape == conv_output_shape(
         input, weight, _pair(stride), _pair(padding), _pair(dilation)
     )
 
@@ -107,10 +108,10 @@ def _onednn_applies(input, residual, activation):
     if layout is None:
         return False
     if residual is not None:
-        # torch's binary entry point takes no leaky_relu after the add ("undefined"), and
-        # for some bfloat16 shapes falls back to at::add_relu, which has no bfloat16 kernel.
+        # For some bfloat16 shapes the binary entry point falls back to at::add_relu, which
+        # has no bfloat16 kernel.
         return (
-            activation in _ONEDNN_RESIDUAL_ACTIVATIONS
+            activation in ONEDNN_RESIDUAL_ACTIVATIONS
             and input.dtype == torch.float32
             and residual.is_contiguous(memory_format=layout)
         )
@@ -136,7 +137,8 @@ def _cudnn_applies(input, residual, activation):
     )
 
 
-def _onednn_unary(activation, negative_slope):
+def onednn_unary(activation, negative_slope):
+    """oneDNN's name and scalars of an activation."""
     if activation in (None, "identity"):
         return "none", []
     return activation, ([negative_slope] if activation == "leaky_relu" else [])
@@ -157,7 +159,7 @@ def onednn_conv2d_bias_act(
     for this input shape (torch.ops.mkldnn._reorder_convolution_weight)."""
     # oneDNN's order: padding first.
     args = (list(_pair(padding)), list(_pair(stride)), list(_pair(dilation)), groups)
-    unary, scalars = _onednn_unary(activation, negative_slope)
+    unary, scalars = onednn_unary(activation, negative_slope)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(
             input, weight, bias, *args, unary, scalars, ""

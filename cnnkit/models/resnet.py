@@ -13,16 +13,15 @@ from cnnkit.nn.blocks import (
     BasicBlock,
     Bottleneck,
     conv1x1,
-    conv_bn_relu,
     default_norm_layer,
+    relu_after,
     shortcut_norm_layer,
 )
-from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 from ._checks import check_image_batch
 
 
-class ResNet(FoldCacheOwner, nn.Module):
+class ResNet(nn.Module):
     """torchvision's ResNet, with its arguments, plus in_channels, fused, stride_in_1x1
     and memory_efficient."""
 
@@ -70,6 +69,7 @@ class ResNet(FoldCacheOwner, nn.Module):
         self.base_width = width_per_group
         self.conv1 = nn.Conv2d(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(self.inplanes)
+        self.relu = relu_after(self.bn1)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=replace_stride_with_dilation[0])
@@ -77,7 +77,6 @@ class ResNet(FoldCacheOwner, nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=replace_stride_with_dilation[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        self._fold_cache = FoldedConvBNCache()  # the stem's conv1 + bn1 in inference
         init_resnet_weights(self, zero_init_residual)
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
@@ -109,7 +108,7 @@ class ResNet(FoldCacheOwner, nn.Module):
 
     def forward(self, x):
         check_image_batch(x, "ResNet", self.in_channels)
-        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache, self.training)
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.maxpool(x)
         x = self.layer1(x)
         x = self.layer2(x)

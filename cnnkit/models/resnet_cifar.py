@@ -9,8 +9,7 @@ the shape changes, so they add no parameters (ResNet-20: 269,722 parameters).
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.nn.blocks import BasicBlock, conv_bn_relu, default_norm_layer
-from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
+from cnnkit.nn.blocks import BasicBlock, default_norm_layer, relu_after
 
 from ._checks import check_image_batch
 
@@ -32,7 +31,7 @@ class ZeroPadShortcut(nn.Module):
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
 
 
-class CifarResNet(FoldCacheOwner, nn.Module):
+class CifarResNet(nn.Module):
     def __init__(self, depth, num_classes=10, in_channels=3, fused=True, memory_efficient=False):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -43,7 +42,7 @@ class CifarResNet(FoldCacheOwner, nn.Module):
         self.in_channels = in_channels
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = norm_layer(16)
-        self._fold_cache = FoldedConvBNCache()  # the stem's conv1 + bn1 in inference
+        self.relu = relu_after(self.bn1)
         self.inplanes = 16
         stages = []
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
@@ -69,7 +68,7 @@ class CifarResNet(FoldCacheOwner, nn.Module):
 
     def forward(self, x):
         check_image_batch(x, f"resnet{self.depth}", self.in_channels)
-        x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache, self.training)
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 

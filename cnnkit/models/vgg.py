@@ -1,17 +1,15 @@
 """VGG-11/13/16/19 and their BatchNorm forms (Simonyan and Zisserman, 2014; configurations
 A, B, D, E), state_dict-identical to torchvision's.
 
-fused=True runs each BatchNorm + ReLU of the _bn forms as one cnnkit op in training,
-and in inference folds each BN into its convolution, with the ReLU as the conv's
-epilogue (FusedFeatures). To keep torchvision's indices in `features` (features.0 conv,
-features.1 BN, ...), the ReLU's slot holds an nn.Identity: the fused norm applies it.
+fused=True runs each BatchNorm + ReLU of the _bn forms as one cnnkit op. To keep
+torchvision's indices in `features` (features.0 conv, features.1 BN, ...), the ReLU's slot
+holds an nn.Identity: the fused norm applies it.
 """
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cnnkit.nn.blocks import default_norm_layer, is_fused_norm
-from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
+from cnnkit.nn.blocks import default_norm_layer, relu_after
 
 from ._checks import check_image_batch
 
@@ -27,33 +25,6 @@ CONFIGS = {
 MIN_INPUT_SIZE = 32
 
 
-class FusedFeatures(FoldCacheOwner, nn.Sequential):
-    """nn.Sequential of Conv2d, BatchNormReLU2d, Identity, ... (the state_dict of
-    torchvision's features) that, in eval mode, runs each conv + BN + ReLU as one
-    convolution with the BN folded into its weights."""
-
-    def __init__(self, *layers):
-        super().__init__(*layers)
-        self._fold_cache = FoldedConvBNCache()
-
-    def forward(self, input):
-        if self.training:
-            return super().forward(input)
-        layers = list(self)
-        index = 0
-        while index < len(layers):
-            layer = layers[index]
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            if (isinstance(layer, nn.Conv2d) and is_fused_norm(following) and not following.training
-                    and following.running_mean is not None):
-                input = self._fold_cache.conv_bn_act(layer, following, input)
-                index += 2
-            else:
-                input = layer(input)
-                index += 1
-        return input
-
-
 def make_layers(config, in_channels=3, batch_norm=False, fused=True):
     norm_layer = default_norm_layer(fused) if batch_norm else None
     layers = []
@@ -64,11 +35,11 @@ def make_layers(config, in_channels=3, batch_norm=False, fused=True):
         layers.append(nn.Conv2d(in_channels, value, kernel_size=3, padding=1))
         if norm_layer is not None:
             norm = norm_layer(value)
-            layers += [norm, nn.Identity() if is_fused_norm(norm) else nn.ReLU(inplace=True)]
+            layers += [norm, relu_after(norm)]
         else:
             layers.append(nn.ReLU(inplace=True))
         in_channels = value
-    return FusedFeatures(*layers) if batch_norm and fused else nn.Sequential(*layers)
+    return nn.Sequential(*layers)
 
 
 class VGG(nn.Module):

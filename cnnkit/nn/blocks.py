@@ -22,10 +22,9 @@ Memory-saving training (``memory_efficient``; eval and no_grad are unaffected):
   backward (activation checkpointing, running statistics updated once): about one
   tensor per block, for one extra block forward in backward.
 
-In eval mode with running statistics, a fused block folds each BatchNorm into the
-convolution before it (cached, invalidated when a weight or statistic changes) and runs
-the residual add and ReLU as that convolution's epilogue: one pass per conv instead of
-three or four.
+In eval mode a fused block runs the same fused BN ops on the running statistics; folding
+each BatchNorm into the convolution before it, with the residual add and ReLU as that
+convolution's epilogue, is the explicit step cnnkit.optimize_for_inference.
 """
 
 import contextlib
@@ -37,7 +36,6 @@ from torch.utils.checkpoint import checkpoint
 
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
 from cnnkit.nn.conv_bn import bn_act_conv
-from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -64,6 +62,12 @@ def is_fused_norm(module):
     return isinstance(module, BatchNormReLU2d)
 
 
+def relu_after(norm):
+    """The ReLU module to follow `norm` with: an nn.Identity where the norm applies the ReLU
+    itself, so that forwards keep torchvision's shape (relu(bn(conv(x))))."""
+    return nn.Identity() if is_fused_norm(norm) else nn.ReLU(inplace=True)
+
+
 def default_norm_layer(fused):
     return BatchNormReLU2d if fused else nn.BatchNorm2d
 
@@ -73,9 +77,8 @@ def shortcut_norm_layer(fused):
     return BatchNorm2d if fused else nn.BatchNorm2d
 
 
-class _ResidualBlock(FoldCacheOwner, nn.Module):
-    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager, and the
-    inference path with each BN folded into the convolution before it."""
+class _ResidualBlock(nn.Module):
+    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager."""
 
     def _finish_init(self, downsample, stride, memory_efficient):
         """What both blocks set after their layers (downsample last, as in torchvision,
@@ -85,7 +88,6 @@ class _ResidualBlock(FoldCacheOwner, nn.Module):
         self.memory_efficient = memory_efficient
         self._recompute = recompute_mode(memory_efficient)
         self._fused = is_fused_norm(self._norms()[-1])  # the norm that adds the residual
-        self._fold_cache = FoldedConvBNCache()
 
     def _bn_relu(self, bn, input):
         if self._fused:
@@ -105,8 +107,6 @@ class _ResidualBlock(FoldCacheOwner, nn.Module):
         return conv(self._bn_relu(bn, input))
 
     def forward(self, x):
-        if self._folds_bn():
-            return self._folded_forward(x)
         if self._recompute == "block" and self.training and torch.is_grad_enabled():
             return checkpoint(self._forward, x, use_reentrant=False,
                               context_fn=lambda: (contextlib.nullcontext(), _RunningStatsKept(self)))
@@ -114,21 +114,6 @@ class _ResidualBlock(FoldCacheOwner, nn.Module):
 
     def _shortcut(self, input):
         return input if self.downsample is None else self.downsample(input)
-
-    def _folds_bn(self):
-        """Inference with running statistics: every conv -> BN pair is one convolution
-        (weights folded once and cached), with the add and ReLU as its epilogue."""
-        return self._fused and not self.training and all(
-            bn.running_mean is not None and not bn.training for bn in self._norms()
-        )
-
-    def _folded_shortcut(self, input):
-        if self.downsample is None:
-            return input
-        if _is_conv_bn(self.downsample):
-            conv, bn = self.downsample
-            return self._fold_cache.conv_bn_act(conv, bn, input, activation=None)
-        return self.downsample(input)
 
 
 class BasicBlock(_ResidualBlock):
@@ -164,11 +149,6 @@ class BasicBlock(_ResidualBlock):
 
     def _norms(self):
         return (self.bn1, self.bn2)
-
-    def _folded_forward(self, x):
-        identity = self._folded_shortcut(x)
-        out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
-        return self._fold_cache.conv_bn_act(self.conv2, self.bn2, out, residual=identity)
 
     def _forward(self, x):
         identity = self._shortcut(x)
@@ -218,12 +198,6 @@ class Bottleneck(_ResidualBlock):
     def _norms(self):
         return (self.bn1, self.bn2, self.bn3)
 
-    def _folded_forward(self, x):
-        identity = self._folded_shortcut(x)
-        out = self._fold_cache.conv_bn_act(self.conv1, self.bn1, x)
-        out = self._fold_cache.conv_bn_act(self.conv2, self.bn2, out)
-        return self._fold_cache.conv_bn_act(self.conv3, self.bn3, out, residual=identity)
-
     def _forward(self, x):
         identity = self._shortcut(x)
         out = self._bn_relu_conv(self.bn1, self.conv2, self.conv1(x))
@@ -260,25 +234,3 @@ class _RunningStatsKept:
                 module.running_mean.copy_(mean)
                 module.running_var.copy_(var)
                 module.num_batches_tracked.copy_(count)
-
-
-def _is_conv_bn(module):
-    return (
-        isinstance(module, nn.Sequential)
-        and len(module) == 2
-        and isinstance(module[0], nn.Conv2d)
-        and isinstance(module[1], _BatchNorm)
-        and module[1].running_mean is not None
-        and not module[1].training
-    )
-
-
-def conv_bn_relu(conv, bn, input, fold_cache, training):
-    """relu(bn(conv(input))) for a network's stem: eager torch.nn when bn is a torch.nn
-    BatchNorm2d, the fused BN-ReLU in training, one folded convolution in inference
-    (`training`: the owning model's mode, which decides as a block's does)."""
-    if not is_fused_norm(bn):
-        return torch.relu(bn(conv(input)))
-    if training or bn.training or bn.running_mean is None:
-        return bn(conv(input))
-    return fold_cache.conv_bn_act(conv, bn, input)

@@ -1,18 +1,17 @@
 """cnnkit.nn.ConvBNReLU2d: Conv2d -> BatchNorm2d -> activation (-> + residual) as one module.
 
-Training runs the vendor convolution and then cnnkit's fused BN-activation op. Eval folds
-the BN into the convolution's weight and bias once (cached) and runs one convolution with
-the bias, residual add and activation fused into it.
+The vendor convolution, then cnnkit's fused BN (+ residual add) + activation op: on batch
+statistics in training, on the running statistics in eval (one pass, nothing cached).
+Folding the BN into the convolution is the explicit step cnnkit.optimize_for_inference.
 """
 
 from torch import nn
 
 from cnnkit.functional.conv_bn import bn_act_conv2d, check_activation
 from cnnkit.nn.batchnorm import BatchNormReLU2d, batch_norm_arguments
-from cnnkit.nn.fold_cache import FoldCacheOwner, FoldedConvBNCache
 
 
-class ConvBNReLU2d(FoldCacheOwner, nn.Module):
+class ConvBNReLU2d(nn.Module):
     r"""act(BatchNorm2d(Conv2d(input)) [+ residual]), with nn.Conv2d's and nn.BatchNorm2d's
     arguments, parameters and buffers.
 
@@ -25,20 +24,10 @@ class ConvBNReLU2d(FoldCacheOwner, nn.Module):
     "identity".
     ``forward(input, residual=None)`` computes act(BN(conv(input)) + residual).
 
-    Training: the convolution, then the fused BN (+ residual) + activation op, updating
-    the running statistics exactly as nn.BatchNorm2d does.
-
-    Eval: BN is folded into the convolution's weight and bias. Without autograd (no_grad,
-    inference_mode, or no parameter requiring grad) the folded tensors are cached and
-    refolded only when a parameter or buffer changes (its version counter, storage, dtype
-    or device: in-place edits, optimizer steps, load_state_dict, ``.to()``); changes made
-    through ``.data`` bypass version counters, so call ``reset_folded_cache()`` after
-    those. When parameters need gradients the fold runs under autograd on every call, so
-    gradients reach conv and bn as in eager. The folded convolution, bias, residual add and
-    activation then run as one vendor call where it applies: oneDNN's post-ops on CPU
-    (for float32 channels_last input with the folded weight reordered for oneDNN once),
-    cuDNN's conv-bias-ReLU on CUDA (see cnnkit.functional.conv2d_bias_act and
-    cnnkit.nn.fold_cache, the cache the ResNet and VGG models use too).
+    The convolution, then the fused BN (+ residual) + activation op, in training (updating
+    the running statistics exactly as nn.BatchNorm2d does) and in eval alike.
+    cnnkit.optimize_for_inference folds the BN into the convolution and runs the residual
+    add and activation as the convolution's epilogue.
     """
 
     def __init__(
@@ -83,7 +72,6 @@ class ConvBNReLU2d(FoldCacheOwner, nn.Module):
             negative_slope=negative_slope,
             **factory,
         )
-        self._fold_cache = FoldedConvBNCache()
 
     # One source of truth for train and eval: the fused BN module's own settings.
     @property
@@ -117,26 +105,13 @@ class ConvBNReLU2d(FoldCacheOwner, nn.Module):
         nn.Module.__init__(module)
         module.conv = conv
         module.bn = _share_state(bn, activation, negative_slope)
-        module._fold_cache = FoldedConvBNCache()
         module.training = conv.training  # bn keeps its own mode (a frozen BN stays frozen)
         return module
 
     def forward(self, input, residual=None):
-        bn = self.bn
-        if self.training or bn.training or bn.running_mean is None or bn.running_var is None:
-            # nn.BatchNorm2d uses batch statistics here (also in eval without running stats).
-            return bn(self.conv(input), residual=residual)
-        if input.dim() != 4:  # nn.BatchNorm2d's check: conv2d alone would take unbatched input
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
-        return self._fold_cache.conv_bn_act(
-            self.conv, bn, input, self.activation, residual, self.negative_slope
-        )
-
-    # --- the folded eval weights ------------------------------------------------------
-
-    def reset_folded_cache(self):
-        """Forget the folded eval weights (needed only after edits through ``.data``)."""
-        self._fold_cache.clear()
+        # An unbatched (3-D) input passes the convolution and fails in bn, with
+        # nn.BatchNorm2d's ValueError.
+        return self.bn(self.conv(input), residual=residual)
 
     # --- loading nn.Sequential(conv, bn[, relu]) state --------------------------------
 
@@ -148,7 +123,6 @@ class ConvBNReLU2d(FoldCacheOwner, nn.Module):
             for key in [k for k in state_dict if k.startswith(tuple(renames))]:
                 old = key[: len(prefix) + 2]
                 state_dict[renames[old] + key[len(old) :]] = state_dict.pop(key)
-        self._fold_cache.clear()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -111,6 +111,9 @@ def evaluate_parser():
     add("--ten-crop", action=argparse.BooleanOptionalAction, default=None)
     add("--limit-test", type=int)
     add("--per-class", action="store_true", help="also print each class's accuracy")
+    add("--optimize", action="store_true",
+        help="run the frozen inference model of cnnkit.optimize_for_inference (BatchNorm "
+             "folded into the convolutions, prepacked weights)")
     return parser
 
 
@@ -129,7 +132,7 @@ def evaluate_main(argv):
             warnings.simplefilter("always")
             path, metrics, meter, test_set = evaluate_checkpoint(
                 args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,
-                args.limit_test)
+                args.limit_test, optimize=args.optimize)
     except USER_ERRORS as error:
         return _fail("evaluate", error)
     for warning in caught:

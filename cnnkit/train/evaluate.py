@@ -43,14 +43,18 @@ def build_model(path, state, device):
 
 @torch.no_grad()
 def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, ten_crop=None,
-                        limit=None):
-    """Returns (path, metrics dict, ClassificationMeter) for the checkpoint's test set."""
+                        limit=None, optimize=False):
+    """Returns (path, metrics dict, ClassificationMeter) for the checkpoint's test set;
+    ``optimize`` runs cnnkit.optimize_for_inference's frozen form of the model."""
+    from cnnkit.inference import optimize_for_inference
     from cnnkit.models import model_info
 
     device = parse_device(device)
     path, state = load_model_checkpoint(source)
     config = TrainConfig.from_dict(state["config"])
     model = build_model(path, state, device)
+    if optimize:
+        model = optimize_for_inference(model)
     test_set = load_dataset(config.dataset, data_dir or config.data_dir, train=False).subset(limit)
     use_ten_crop = config.ten_crop if ten_crop is None else ten_crop
     caveat = config.ten_crop_caveat(use_ten_crop)
