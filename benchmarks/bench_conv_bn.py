@@ -5,8 +5,9 @@ against eager PyTorch, on ResNet-50's convolution shapes.
                                        [--output DIR]
 
 Three tables:
-- eval (no_grad): ConvBNReLU2d (BN folded once, cached) vs eager Conv2d -> BatchNorm2d ->
-  ReLU, vs torch.nn.utils.fusion.fuse_conv_bn_eval then an in-place ReLU, and against the
+- eval (no_grad): cnnkit.optimize_for_inference(ConvBNReLU2d) (BN folded, the ReLU as the
+  oneDNN epilogue, the weight prepacked) and ConvBNReLU2d itself in eval (conv, then the
+  fused BN-ReLU kernel on running statistics) vs eager Conv2d -> BatchNorm2d -> ReLU, vs torch.nn.utils.fusion.fuse_conv_bn_eval then an in-place ReLU, and against the
   floor: the bare convolution with the folded weight and bias (no activation). Also both
   ways of running the epilogue (oneDNN's fused post-op, conv then in-place ReLU), which is
   what conv2d_bias_act's choice per layout rests on.
@@ -89,8 +90,10 @@ def eval_case(cin, cout, kernel, size, layout, batch, rounds):
     x = torch.randn(batch, cin, size, size).to(memory_format=memory_format)
     w, b, pad = folded.weight.detach(), folded.bias.detach(), kernel // 2
     args = ([pad, pad], [1, 1], [1, 1], 1)
+    frozen = cnnkit.optimize_for_inference(ours, x)
     fns = {
-        "cnnkit": no_grad(lambda: ours(x)),
+        "cnnkit": no_grad(lambda: frozen(x)),
+        "cnnkit_unfolded": no_grad(lambda: ours(x)),
         "eager": no_grad(lambda: eager(x)),
         "fuse_conv_bn_eval": no_grad(lambda: F.relu(folded(x), inplace=True)),
         "bare_conv": no_grad(lambda: F.conv2d(x, w, b, 1, pad)),
@@ -102,6 +105,7 @@ def eval_case(cin, cout, kernel, size, layout, batch, rounds):
     ms = harness.time_interleaved(fns, rounds=rounds)
     extra = {
         "mode": "eval",
+        "unfolded_ms": round(ms["cnnkit_unfolded"], 3),
         "fuse_conv_bn_eval_ms": round(ms["fuse_conv_bn_eval"], 3),
         "vs_fuse_conv_bn_eval": round(ms["fuse_conv_bn_eval"] / ms["cnnkit"], 3),
         "floor_ms": round(ms["bare_conv"], 3),

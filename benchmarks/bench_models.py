@@ -1,9 +1,10 @@
 """Whole models: cnnkit's fused builds against eager torch.nn and torch.compile.
 
-Inference (batch 8, NCHW and channels_last, float32, no_grad): the fused model (BN folded
-into each conv, add and ReLU as the conv's epilogue) against the same architecture from
-torch.nn modules, eager, and compiled with torch.compile under inductor's freezing (which
-folds BN into the convs too). Training step (forward, backward, SGD with momentum): fused
+Inference (batch 8, NCHW and channels_last, float32, no_grad): the fused model frozen by
+cnnkit.optimize_for_inference (BN folded into each conv, add and ReLU as the conv's
+epilogue) against the same architecture from torch.nn modules, eager, and compiled with
+torch.compile under inductor's freezing (which folds BN into the convs too);
+bench_inference.py adds onnxruntime and batch 1. Training step (forward, backward, SGD with momentum): fused
 and fused with memory_efficient=True (BN-ReLU recomputed per link) and ="block"
 (checkpointed blocks) against eager, with peak memory.
 
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import git_revision, machine, markdown_table, peak_memory_bytes, record, time_interleaved, write_results  # noqa: E402
 
+import cnnkit  # noqa: E402
 from cnnkit.models import get_model, model_info  # noqa: E402
 
 # name -> input size of the benchmark (the model's own) and whether to compile it by default.
@@ -76,7 +78,8 @@ def bench_inference(name, layout, use_compile, rounds):
     eager.eval()
     fused.eval()
     input = torch.randn(INFERENCE_BATCH, channels, size, size).contiguous(memory_format=memory_format)
-    contenders = {"eager": no_grad_call(eager, input), "cnnkit": no_grad_call(fused, input)}
+    frozen = cnnkit.optimize_for_inference(fused, input)
+    contenders = {"eager": no_grad_call(eager, input), "cnnkit": no_grad_call(frozen, input)}
     if use_compile:
         contenders["compile"] = compiled_frozen(eager, input)
     times = time_interleaved(contenders, rounds=rounds, min_run_time=0.05)

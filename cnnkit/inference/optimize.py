@@ -181,7 +181,8 @@ _FRESH_OUTPUT = (FrozenConv2d, nn.MaxPool2d)
 
 def _write_into_dead_residuals(gm):
     """Let each frozen convolution accumulate into its residual where that is a fresh
-    tensor the convolution is the last to read (a ResNet block's shortcut)."""
+    tensor the convolution is the last to read, and not its input (a ResNet block's
+    shortcut)."""
     order = {node: index for index, node in enumerate(gm.graph.nodes)}
     for node in gm.graph.nodes:
         residual = node.kwargs.get("residual") if node.op == "call_module" else None
@@ -189,6 +190,7 @@ def _write_into_dead_residuals(gm):
             continue
         frozen, producer = gm.get_submodule(node.target), gm.get_submodule(residual.target)
         if (isinstance(frozen, FrozenConv2d) and isinstance(producer, _FRESH_OUTPUT)
+                and residual is not node.args[0]  # the convolution's own input: read while written
                 and all(order[user] <= order[node] for user in residual.users)):
             frozen.writes_into_residual = True
 
