@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import cnnkit
-from cnnkit.inference import FrozenConv2d, FrozenModule, FrozenModuleError
+from cnnkit.inference import FrozenConv2d, FrozenLinear, FrozenModule, FrozenModuleError
 from cnnkit.models import get_model
 from cnnkit.nn import ConvBNReLU2d
 
@@ -72,7 +72,9 @@ def test_models_match_their_source(name, layout):
     assert isinstance(frozen, FrozenModule)
     convs = [m for m in source.modules() if isinstance(m, nn.Conv2d)]
     assert len(frozen_convs(frozen)) == len(convs)  # every conv folded, with what follows
-    assert not any(isinstance(m, (_BatchNorm, nn.Conv2d)) for m in frozen.modules())
+    linears = [m for m in source.modules() if isinstance(m, nn.Linear)]
+    assert len([m for m in frozen.modules() if isinstance(m, FrozenLinear)]) == len(linears)
+    assert not any(isinstance(m, (_BatchNorm, nn.Conv2d, nn.Linear)) for m in frozen.modules())
     assert_within_float32_rounding(frozen, source, x)
 
 
@@ -251,11 +253,15 @@ def test_shares_nothing_with_its_source():
         torch.testing.assert_close(frozen(x), before, rtol=0, atol=0)
 
 
-def test_weights_packed_for_one_shape_serve_any():
-    source = randomized(get_model("resnet20"))
-    frozen = cnnkit.optimize_for_inference(source, torch.randn(4, 3, 32, 32))
-    assert frozen_convs(frozen)[0].input_shape == (4, 3, 32, 32)
-    for shape in ((1, 3, 32, 32), (3, 3, 40, 24)):
+@pytest.mark.parametrize("name, shapes", [
+    ("resnet20", ((4, 3, 32, 32), (1, 3, 32, 32), (3, 3, 40, 24))),
+    ("vgg11", ((4, 3, 32, 32), (1, 3, 32, 32), (3, 3, 64, 48))),  # conv and linear layers
+])
+def test_weights_packed_for_one_shape_serve_any(name, shapes):
+    source = randomized(get_model(name))
+    frozen = cnnkit.optimize_for_inference(source, torch.randn(shapes[0]))
+    assert frozen_convs(frozen)[0].input_shape == shapes[0]
+    for shape in shapes[1:]:
         assert_within_float32_rounding(frozen, source, torch.randn(shape))
 
 

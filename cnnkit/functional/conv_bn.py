@@ -144,19 +144,10 @@ def onednn_unary(activation, negative_slope):
     return activation, ([negative_slope] if activation == "leaky_relu" else [])
 
 
-def onednn_fuses(input, weight, bias, residual, stride, padding, dilation, activation):
-    """True if conv2d_bias_act computes this call as one oneDNN call (onednn_conv2d_bias_act)."""
-    return _fusable(input, weight, bias, residual, stride, padding, dilation) and _onednn_applies(
-        input, residual, activation
-    )
-
-
-def onednn_conv2d_bias_act(
+def _onednn_conv2d_bias_act(
     input, weight, bias, stride, padding, dilation, groups, activation, negative_slope, residual
 ):
-    """conv2d_bias_act's oneDNN call, without its checks (see onednn_fuses). ``weight`` is
-    the convolution weight, or the same weight reordered once into oneDNN's blocked layout
-    for this input shape (torch.ops.mkldnn._reorder_convolution_weight)."""
+    """conv2d_bias_act's oneDNN call, without its checks (_fusable, _onednn_applies)."""
     # oneDNN's order: padding first.
     args = (list(_pair(padding)), list(_pair(stride)), list(_pair(dilation)), groups)
     unary, scalars = onednn_unary(activation, negative_slope)
@@ -202,7 +193,7 @@ def conv2d_bias_act(
     check_activation(activation, negative_slope)
     if _fusable(input, weight, bias, residual, stride, padding, dilation):
         if _onednn_applies(input, residual, activation):
-            return onednn_conv2d_bias_act(
+            return _onednn_conv2d_bias_act(
                 input, weight, bias, stride, padding, dilation, groups, activation,
                 negative_slope, residual,
             )

@@ -4,7 +4,8 @@ convolution's epilogue."""
 
 from .errors import FrozenModuleError
 from .frozen_conv import FrozenConv2d
+from .frozen_linear import FrozenLinear
 from .frozen_module import FrozenModule
 from .optimize import optimize_for_inference
 
-__all__ = ["FrozenConv2d", "FrozenModule", "FrozenModuleError", "optimize_for_inference"]
+__all__ = ["FrozenConv2d", "FrozenLinear", "FrozenModule", "FrozenModuleError", "optimize_for_inference"]

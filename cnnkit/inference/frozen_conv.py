@@ -6,7 +6,6 @@ Nothing in it changes after construction: concurrent calls share its tensors rea
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.modules.utils import _pair
 
 from cnnkit.functional.conv_bn import (
@@ -19,14 +18,13 @@ from cnnkit.functional.conv_bn import (
     onednn_unary,
 )
 
-from .errors import FROZEN, FrozenModuleError
+from .prepacked import PrepackedLayer
 
 
-class FrozenConv2d(nn.Module):
+class FrozenConv2d(PrepackedLayer):
     """The inference form of Conv2d -> BatchNorm2d [-> + residual] [-> activation].
 
-    ``weight`` and ``bias`` (buffers: nothing here trains) hold the BatchNorm folded into
-    the convolution. ``forward(input, residual=None)`` is one vendor call where one applies:
+    ``weight`` and ``bias`` hold the BatchNorm folded into the convolution. ``forward(input, residual=None)`` is one vendor call where one applies:
     oneDNN's convolution with the bias, add and activation as post-ops on CPU, on a weight
     reordered once into oneDNN's blocked layout (float32; the input runs channels_last),
     cuDNN's conv-bias-(add-)ReLU on CUDA. Elsewhere (other dtypes, autocast, under
@@ -36,15 +34,12 @@ class FrozenConv2d(nn.Module):
 
     def __init__(self, weight, bias, stride=1, padding=0, dilation=1, groups=1,
                  activation=None, negative_slope=0.01, input_shape=None):
-        super().__init__()
         check_activation(activation, negative_slope)
-        self.register_buffer("weight", weight.detach())
-        self.register_buffer("bias", None if bias is None else bias.detach())
+        super().__init__(weight, bias, input_shape)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.groups = groups
         self.activation = activation
         self.negative_slope = negative_slope
-        self.input_shape = None if input_shape is None else tuple(input_shape)
         # Set where the residual is a fresh tensor that nothing reads after this call: the
         # output then accumulates into it (oneDNN's sum post-op), one pass over memory fewer
         # than an add that reads it (measured 1.2x on ResNet-50's 1x1 expansions).
@@ -54,7 +49,7 @@ class FrozenConv2d(nn.Module):
                                  groups)
         self._onednn_unary = onednn_unary(activation, negative_slope)
         self._residual_activation_fuses = activation in ONEDNN_RESIDUAL_ACTIVATIONS
-        self._packed = self._prepacked_weight()
+        self._packed = self._pack()
 
     @classmethod
     def from_conv_bn(cls, conv, bn=None, activation=None, negative_slope=0.01,
@@ -72,29 +67,18 @@ class FrozenConv2d(nn.Module):
         return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                    activation, negative_slope, input_shape)
 
-    def _prepacked_weight(self):
-        """The weight reordered once into oneDNN's blocked layout, for inputs of
-        ``input_shape`` (or any shape where it is None); None where oneDNN does not run.
-        Without it oneDNN reorders the weight on every call (measured 1.6x slower on a 3x3
-        conv of ResNet-50); a weight packed for one shape stays correct for any other."""
-        weight = self.weight
-        if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 4:
-            return None
-        if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            return None
+    def prepack(self):
+        """The weight reordered for oneDNN's convolution. Without it oneDNN reorders the
+        weight on every call (measured 1.6x slower on a 3x3 conv of ResNet-50); a weight
+        packed for one input shape stays correct for any other."""
         return torch.ops.mkldnn._reorder_convolution_weight(
-            weight, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            None if self.input_shape is None else list(self.input_shape),
+            self.weight, list(self.padding), list(self.stride), list(self.dilation),
+            self.groups, None if self.input_shape is None else list(self.input_shape),
         )
 
     def forward(self, input, residual=None):
-        if torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in (input, residual)
-        ):
-            raise FrozenModuleError(FROZEN.format(action="computing gradients"))
-        # Compilers see only the plain tensors (the oneDNN weight is opaque to them): checked
-        # before anything touches it.
-        if not torch.compiler.is_compiling() and self._onednn_applies(input, residual):
+        self.refuse_gradients(input, residual)
+        if self._onednn_applies(input, residual):
             return self._onednn(input, residual)
         weight, bias = self.weight, self.bias
         device_type = input.device.type
@@ -106,16 +90,11 @@ class FrozenConv2d(nn.Module):
                                self.groups, self.activation, self.negative_slope, residual)
 
     def _onednn_applies(self, input, residual):
-        """True where the call runs on the prepacked weight: float32 CPU input (of any
-        layout: it runs channels_last), no autocast, and a residual the epilogue can add."""
+        """True where the call runs on the prepacked weight (of any input layout: it runs
+        channels_last) and the epilogue can add the residual."""
         return (
-            self._packed is not None
-            and input.dtype == torch.float32
-            and input.device.type == "cpu"
+            self._onednn_runs(input)
             and input.dim() == 4
-            and input.numel() > 0
-            and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu")
             and (residual is None or (self._residual_activation_fuses
                                       and self._epilogue_adds(input, self.weight, residual)))
         )
@@ -156,16 +135,6 @@ class FrozenConv2d(nn.Module):
         device): torch's add, which broadcasts and promotes as the source model's did."""
         out = F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return apply_activation_(out + residual, self.activation, self.negative_slope)
-
-    # The reordered weight is an opaque oneDNN tensor: copies and pickles reorder again.
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._packed = self._prepacked_weight()
 
     def extra_repr(self):
         text = (f"{self.weight.size(1) * self.groups}, {self.weight.size(0)}, "

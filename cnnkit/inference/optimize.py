@@ -2,7 +2,7 @@
 
 Each Conv2d [-> BatchNorm2d] [-> + residual] [-> ReLU] becomes one FrozenConv2d: the BN
 folded into the convolution's weight and bias, the add and the activation its epilogue,
-the weight prepacked once for oneDNN. The patterns are found in a torch.fx trace of the
+the weight prepacked once for oneDNN; each Linear [-> ReLU] a FrozenLinear. The patterns are found in a torch.fx trace of the
 model, in every form cnnkit and torchvision write them:
 - torch.nn: Conv2d, BatchNorm2d, then optionally an add of another traced tensor (+, +=,
   torch.add, .add), then optionally a ReLU (module, torch.relu, F.relu, .relu());
@@ -34,6 +34,7 @@ from cnnkit.nn.conv_bn import ConvBNReLU2d
 from cnnkit.nn.lrn import LocalResponseNorm
 
 from .frozen_conv import FrozenConv2d
+from .frozen_linear import FrozenLinear
 from .frozen_module import FrozenModule
 
 
@@ -58,14 +59,15 @@ def optimize_for_inference(model, example_inputs=None):
         return model
     model = copy.deepcopy(model)  # the source stays as it is, and trainable
     with torch.no_grad():
-        input_shapes = _conv_input_shapes(model, example_inputs)
+        input_shapes = _input_shapes(model, example_inputs)
         model = _optimized(model, input_shapes)
         model.requires_grad_(False)
     return FrozenModule(model)
 
 
-def _conv_input_shapes(model, example_inputs):
-    """{conv module: the shape of its input} over one forward of ``example_inputs``."""
+def _input_shapes(model, example_inputs):
+    """{conv or linear module: the shape of its input} over one forward of
+    ``example_inputs``."""
     if example_inputs is None:
         return {}
     if isinstance(example_inputs, torch.Tensor):
@@ -77,11 +79,11 @@ def _conv_input_shapes(model, example_inputs):
         )
     shapes = {}
 
-    def record(conv, args):
-        shapes.setdefault(conv, tuple(args[0].shape))
+    def record(layer, args):
+        shapes.setdefault(layer, tuple(args[0].shape))
 
-    convs = [m for m in model.modules() if type(m) is nn.Conv2d]
-    hooks = [conv.register_forward_pre_hook(record) for conv in convs]
+    layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
     try:
         model(*example_inputs)
     finally:
@@ -131,12 +133,19 @@ def _optimized(module, input_shapes):
 
 
 class _Match:
-    """One foldable chain: the conv and BN modules, what follows them, and the node whose
-    value the frozen convolution replaces."""
+    """One foldable chain: the conv (or linear) and BN modules, what follows them, and the
+    node whose value the frozen layer replaces."""
 
-    def __init__(self, conv, bn, last, activation=None, negative_slope=0.01, residual=None):
-        self.conv, self.bn, self.last = conv, bn, last
+    def __init__(self, layer, bn, last, activation=None, negative_slope=0.01, residual=None):
+        self.layer, self.bn, self.last = layer, bn, last
         self.activation, self.negative_slope, self.residual = activation, negative_slope, residual
+
+    def frozen(self, input_shapes):
+        input_shape = input_shapes.get(self.layer)
+        if isinstance(self.layer, nn.Linear):
+            return FrozenLinear.from_linear(self.layer, self.activation, input_shape)
+        return FrozenConv2d.from_conv_bn(self.layer, self.bn, self.activation,
+                                         self.negative_slope, input_shape)
 
 
 def _fold_conv_bn(gm, input_shapes):
@@ -152,11 +161,8 @@ def _fold_conv_bn(gm, input_shapes):
         match = _match(gm, node, calls)
         if match is None:
             continue
-        frozen = FrozenConv2d.from_conv_bn(
-            match.conv, match.bn, match.activation, match.negative_slope,
-            input_shapes.get(match.conv),
-        )
-        replace_module(gm, node.target, frozen)  # the conv's (or ConvBNReLU2d's) name
+        # At the conv's (linear's, ConvBNReLU2d's) name.
+        replace_module(gm, node.target, match.frozen(input_shapes))
         # Just before the chain's end, after the residual: torchvision computes the
         # shortcut after the last BN.
         with gm.graph.inserting_before(match.last):
@@ -202,6 +208,8 @@ def _match(gm, node, calls):
     module = gm.get_submodule(node.target)
     if isinstance(module, ConvBNReLU2d):
         return _match_conv_bn_relu(node, module)
+    if type(module) is nn.Linear and len(node.args) == 1 and not node.kwargs:
+        return _match_linear_relu(gm, node, module)
     if type(module) is not nn.Conv2d or module.padding_mode != "zeros":
         return None
     user = only_user(node)
@@ -242,6 +250,13 @@ def _extend_with_add_and_relu(gm, match):
         user = only_user(user)
     if user is not None and is_relu(gm, user):
         match.activation, match.last = "relu", user
+
+
+def _match_linear_relu(gm, node, linear):
+    user = only_user(node)
+    if user is not None and is_relu(gm, user):
+        return _Match(linear, None, user, "relu")
+    return _Match(linear, None, node)
 
 
 def _match_conv_bn_relu(node, module):
