@@ -97,7 +97,7 @@ def bench_case(name, batch, rounds, use_compile, use_onnxruntime):
         if session is not None:
             import onnxruntime
             contenders[f"onnxruntime {onnxruntime.__version__}"] = session
-    times = time_interleaved(contenders, rounds=rounds, min_run_time=0.2)
+    times = time_interleaved(contenders, rounds=rounds, min_run_time=0.5)
     records = []
     for baseline, baseline_ms in times.items():
         if baseline == "cnnkit":
@@ -112,7 +112,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no-onnxruntime", action="store_true", help="skip onnxruntime")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write results/")
