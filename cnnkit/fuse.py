@@ -79,9 +79,9 @@ def fuse(model, inplace=False):
 
 
 class _CnnkitLeafTracer(torch.fx.Tracer):
-    """Keeps cnnkit's own modules whole: their forwards branch on the mode (folded BN in
-    eval), which a trace would freeze, and the _bn_add_relu calls of a fused graph whole
-    (tracing it again: fuse of a fused model, torch.load of one)."""
+    """Keeps cnnkit's own modules whole: their forwards branch on the mode (memory-saving
+    recomputation in training), which a trace would freeze, and the _bn_add_relu calls of
+    a fused graph whole (tracing it again: fuse of a fused model, torch.load of one)."""
 
     def __init__(self):
         super().__init__(autowrap_functions=(_bn_add_relu,))

@@ -278,16 +278,29 @@ def test_copies_and_pickles_run():
             torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
 
 
-def test_two_threads_with_mixed_shapes_get_their_own_answers():
+# What the threads serve, and its input channels: the frozen model, and plain eval-mode
+# modules (which keep no cache either).
+SERVED = {
+    "frozen resnet20": lambda: cnnkit.optimize_for_inference(
+        randomized(get_model("resnet20")), torch.randn(2, 3, 32, 32)),
+    "resnet20": lambda: randomized(get_model("resnet20")),
+    "BasicBlock": lambda: randomized(cnnkit.nn.BasicBlock(16, 16)),
+    "ConvBNReLU2d": lambda: randomized(ConvBNReLU2d(3, 16, 3, padding=1)),
+}
+
+
+@pytest.mark.parametrize("name", list(SERVED))
+def test_two_threads_with_mixed_shapes_get_their_own_answers(name):
     """2 threads x 300 calls, inputs of different shapes and layouts, against each input's
     answer computed alone beforehand: a shared mutable state would mix them up."""
-    frozen = cnnkit.optimize_for_inference(randomized(get_model("resnet20")), torch.randn(2, 3, 32, 32))
+    module = SERVED[name]()
+    channels = 16 if name == "BasicBlock" else 3
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(n, 3, size, size, generator=generator) for n, size in
+    inputs = [torch.randn(n, channels, size, size, generator=generator) for n, size in
               ((1, 32), (2, 40), (3, 24), (2, 32))]
     inputs += [x.contiguous(memory_format=torch.channels_last) for x in inputs]
     with torch.no_grad():
-        expected = [frozen(x) for x in inputs]
+        expected = [module(x) for x in inputs]
     failures = []
 
     def serve(offset):
@@ -295,7 +308,8 @@ def test_two_threads_with_mixed_shapes_get_their_own_answers():
             with torch.no_grad():
                 for call in range(300):
                     index = (call + offset) % len(inputs)
-                    if not torch.allclose(frozen(inputs[index]), expected[index], rtol=1e-5, atol=1e-5):
+                    got = module(inputs[index])
+                    if not torch.allclose(got, expected[index], rtol=1e-5, atol=1e-5):
                         failures.append(index)
         except Exception as error:  # noqa: BLE001 -- reported below
             failures.append(error)
