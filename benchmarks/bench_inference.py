@@ -25,32 +25,22 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import git_revision, machine, markdown_table, record, time_interleaved, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    compiled_frozen,
+    git_revision,
+    machine,
+    markdown_table,
+    no_grad_call,
+    record,
+    time_interleaved,
+    write_results,
+)
 
 import cnnkit  # noqa: E402
 from cnnkit.models import get_model  # noqa: E402
 
 CASES = {"resnet50": 8, "vgg16_bn": 8, "resnet18": 1, "alexnet": 1}  # model -> batch
 SIZE = 224
-
-
-def no_grad_call(model, input):
-    def run():
-        with torch.no_grad():
-            model(input)
-    return run
-
-
-def compiled_frozen(model, input):
-    """torch.compile with inductor's freezing, compiled outside the timed region."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    torch._dynamo.reset()
-    compiled = torch.compile(model)
-    with torch.no_grad():
-        compiled(input)
-    return no_grad_call(compiled, input)
 
 
 def onnxruntime_session(model, input):

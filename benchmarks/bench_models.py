@@ -23,7 +23,17 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import git_revision, machine, markdown_table, peak_memory_bytes, record, time_interleaved, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    compiled_frozen,
+    git_revision,
+    machine,
+    markdown_table,
+    no_grad_call,
+    peak_memory_bytes,
+    record,
+    time_interleaved,
+    write_results,
+)
 
 import cnnkit  # noqa: E402
 from cnnkit.models import get_model, model_info  # noqa: E402
@@ -49,25 +59,6 @@ def build_pair(name, memory_format, **kwargs):
     fused = get_model(name, fused=True, **kwargs)
     fused.load_state_dict(eager.state_dict())
     return eager.to(memory_format=memory_format), fused.to(memory_format=memory_format)
-
-
-def no_grad_call(model, input):
-    def run():
-        with torch.no_grad():
-            model(input)
-    return run
-
-
-def compiled_frozen(model, input):
-    """torch.compile with inductor's freezing: weights become constants, BN is folded."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    torch._dynamo.reset()
-    compiled = torch.compile(model)
-    with torch.no_grad():
-        compiled(input)  # compile now, outside the timed region
-    return no_grad_call(compiled, input)
 
 
 def bench_inference(name, layout, use_compile, rounds):

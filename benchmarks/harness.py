@@ -27,7 +27,8 @@ def machine():
                 break
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    simd = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({simd}), {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def _median_ms(fn, min_run_time):
@@ -46,6 +47,26 @@ def time_interleaved(fns, rounds=5, min_run_time=0.2):
         for name, fn in fns.items():
             samples[name].append(_median_ms(fn, min_run_time))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def no_grad_call(model, input):
+    def run():
+        with torch.no_grad():
+            model(input)
+    return run
+
+
+def compiled_frozen(model, input):
+    """torch.compile with inductor's freezing (weights become constants, BN is folded,
+    oneDNN weights prepacked), compiled now, outside the timed region."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        compiled(input)
+    return no_grad_call(compiled, input)
 
 
 def peak_memory_bytes(fn):
@@ -118,7 +139,7 @@ def write_results(name, records, table, directory=None):
     with open(os.path.join(directory, f"{name}.json"), "w") as f:
         json.dump(records, f, indent=1)
     with open(os.path.join(directory, f"{name}.md"), "w") as f:
-        f.write(f"# {name}\n\nMachine: {machine()}\n\n{table}\n")
+        f.write(f"# {name}\n\nMachine: {machine()}; revision {git_revision()}\n\n{table}\n")
 
 
 def git_revision():

@@ -192,6 +192,31 @@ def test_block_outputs_accumulate_in_place_only_where_nothing_reads_them_after()
         assert all(order[user] <= order[node] for user in node.kwargs["residual"].users)
 
 
+class _ViewOfShortcut(nn.Module):
+    """A shortcut also read through a view after the block's end: the add must not write
+    into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        shortcut = self.first(x)
+        half = shortcut[:, :4]
+        return torch.relu(self.bn(self.conv(shortcut)) + shortcut), half * 2
+
+
+def test_a_shortcut_read_through_a_view_is_not_written():
+    source = randomized(_ViewOfShortcut())
+    frozen = cnnkit.optimize_for_inference(source)
+    assert not any(m.writes_into_residual for m in frozen_convs(frozen))
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        for got, expected in zip(frozen(x), source(x)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 class _Untraceable(nn.Module):
     """A forward torch.fx cannot trace (it branches on a value): its children are
     optimised instead."""

@@ -180,25 +180,30 @@ def _fold_conv_bn(gm, input_shapes):
     return folded
 
 
-# Modules whose output is a new tensor, aliasing nothing (nn.Identity, an in-place ReLU or
-# a user's module may return their input).
+# Modules whose output is a new tensor, never a view of their input (nn.Identity, an
+# in-place ReLU, a slice or a user's module may return their input or a view of it).
 _FRESH_OUTPUT = (FrozenConv2d, nn.MaxPool2d)
 
 
 def _write_into_dead_residuals(gm):
     """Let each frozen convolution accumulate into its residual where that is a fresh
-    tensor the convolution is the last to read, and not its input (a ResNet block's
-    shortcut)."""
+    tensor which nothing reads afterwards, nor through a view (a ResNet block's shortcut):
+    made by a _FRESH_OUTPUT module, and read before only by such modules, which keep no
+    view of it."""
     order = {node: index for index, node in enumerate(gm.graph.nodes)}
+
+    def fresh(node):
+        return node.op == "call_module" and isinstance(gm.get_submodule(node.target), _FRESH_OUTPUT)
+
     for node in gm.graph.nodes:
         residual = node.kwargs.get("residual") if node.op == "call_module" else None
-        if residual is None or residual.op != "call_module":
+        if not isinstance(residual, torch.fx.Node) or not fresh(residual):
             continue
-        frozen, producer = gm.get_submodule(node.target), gm.get_submodule(residual.target)
-        if (isinstance(frozen, FrozenConv2d) and isinstance(producer, _FRESH_OUTPUT)
-                and residual is not node.args[0]  # the convolution's own input: read while written
-                and all(order[user] <= order[node] for user in residual.users)):
-            frozen.writes_into_residual = True
+        readers = [user for user in residual.users if user is not node]
+        if (isinstance(gm.get_submodule(node.target), FrozenConv2d)
+                and residual is not node.args[0]  # its own input: read while written
+                and all(fresh(user) and order[user] < order[node] for user in readers)):
+            gm.get_submodule(node.target).writes_into_residual = True
 
 
 def _match(gm, node, calls):
