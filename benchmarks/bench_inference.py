@@ -78,7 +78,8 @@ def bench_case(name, batch, rounds, use_compile, use_onnxruntime):
     contenders = {
         "cnnkit": no_grad_call(frozen, input),
         "eager": no_grad_call(plain, input),
-        "eager channels_last": no_grad_call(plain_cl, input.contiguous(memory_format=torch.channels_last)),
+        "eager channels_last": no_grad_call(
+            plain_cl, input.contiguous(memory_format=torch.channels_last)),
     }
     if use_compile:
         contenders["torch.compile (freezing)"] = compiled_frozen(plain, input)

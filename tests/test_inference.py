@@ -254,7 +254,8 @@ def test_refuses_misuse():
     frozen = cnnkit.optimize_for_inference(source)
     for action in (frozen.train, lambda: frozen.load_state_dict(source.state_dict()),
                    lambda: frozen.requires_grad_(True), frozen.double,
-                   lambda: frozen.to("cpu"), lambda: frozen(torch.randn(1, 3, 32, 32, requires_grad=True))):
+                   lambda: frozen.to("cpu"),
+                   lambda: frozen(torch.randn(1, 3, 32, 32, requires_grad=True))):
         with pytest.raises(FrozenModuleError, match="optimize_for_inference on it again"):
             action()
     assert isinstance(FrozenModuleError("x"), RuntimeError)

@@ -8,4 +8,10 @@ from .frozen_linear import FrozenLinear
 from .frozen_module import FrozenModule
 from .optimize import optimize_for_inference
 
-__all__ = ["FrozenConv2d", "FrozenLinear", "FrozenModule", "FrozenModuleError", "optimize_for_inference"]
+__all__ = [
+    "FrozenConv2d",
+    "FrozenLinear",
+    "FrozenModule",
+    "FrozenModuleError",
+    "optimize_for_inference",
+]

@@ -22,12 +22,13 @@ from .prepacked import PrepackedLayer
 
 
 class FrozenConv2d(PrepackedLayer):
-    """The inference form of Conv2d -> BatchNorm2d [-> + residual] [-> activation].
+    """The inference form of Conv2d [-> BatchNorm2d] [-> + residual] [-> activation].
 
-    ``weight`` and ``bias`` hold the BatchNorm folded into the convolution. ``forward(input, residual=None)`` is one vendor call where one applies:
-    oneDNN's convolution with the bias, add and activation as post-ops on CPU, on a weight
-    reordered once into oneDNN's blocked layout (float32; the input runs channels_last),
-    cuDNN's conv-bias-(add-)ReLU on CUDA. Elsewhere (other dtypes, autocast, under
+    ``weight`` and ``bias`` hold the BatchNorm folded into the convolution.
+    ``forward(input, residual=None)`` is one vendor call where one applies: on CPU,
+    oneDNN's convolution with the bias, add and activation as post-ops, on a weight
+    reordered once into oneDNN's blocked layout (float32; the input runs channels_last);
+    on CUDA, cuDNN's conv-bias-(add-)ReLU. Elsewhere (other dtypes, autocast, under
     torch.compile / torch.export, which fold and fuse by themselves) it is the plain
     convolution followed by the add and the activation.
     """

@@ -33,7 +33,8 @@ class FrozenLinear(PrepackedLayer):
         return cls(linear.weight, linear.bias, activation, input_shape)
 
     def prepack(self):
-        batch = None if self.input_shape is None or len(self.input_shape) != 2 else self.input_shape[0]
+        shape = self.input_shape
+        batch = shape[0] if shape is not None and len(shape) == 2 else None
         return torch.ops.mkldnn._reorder_linear_weight(self.weight, batch)
 
     def forward(self, input):

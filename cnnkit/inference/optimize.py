@@ -2,8 +2,8 @@
 
 Each Conv2d [-> BatchNorm2d] [-> + residual] [-> ReLU] becomes one FrozenConv2d: the BN
 folded into the convolution's weight and bias, the add and the activation its epilogue,
-the weight prepacked once for oneDNN; each Linear [-> ReLU] a FrozenLinear. The patterns are found in a torch.fx trace of the
-model, in every form cnnkit and torchvision write them:
+the weight prepacked once for oneDNN; each Linear [-> ReLU] a FrozenLinear. The patterns are
+found in a torch.fx trace of the model, in every form cnnkit and torchvision write them:
 - torch.nn: Conv2d, BatchNorm2d, then optionally an add of another traced tensor (+, +=,
   torch.add, .add), then optionally a ReLU (module, torch.relu, F.relu, .relu());
 - cnnkit: Conv2d, then a cnnkit BatchNorm2d / BatchNormReLU2d (its activation, and its
@@ -52,7 +52,9 @@ def optimize_for_inference(model, example_inputs=None):
     original model and optimise it again.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"optimize_for_inference: model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"optimize_for_inference: model must be an nn.Module, got {type(model).__name__}"
+        )
     if model.training:
         raise ValueError("optimize_for_inference: model must be in eval mode (call model.eval())")
     if isinstance(model, FrozenModule):
