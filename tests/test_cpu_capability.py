@@ -19,7 +19,9 @@ NATIVE = torch.backends.cpu.get_cpu_capability()
 RUNNABLE = LEVELS[: LEVELS.index(NATIVE) + 1] if NATIVE in LEVELS else ["DEFAULT"]
 COMPILED = cnnkit._ops._C.cpu_capabilities.split(",")
 # The kernel parity tests: every op and module against cnnkit.reference and torch.nn.
-PARITY_TESTS = ["test_lrn.py", "test_batch_norm.py", "test_conv_bn.py", "test_blocks.py"]
+PARITY_TESTS = [
+    "test_lrn.py", "test_batch_norm.py", "test_conv_bn.py", "test_blocks.py", "test_max_pool.py",
+]
 
 
 def _python(code, capability):

@@ -2,8 +2,9 @@
 
 Each Conv2d [-> BatchNorm2d] [-> + residual] [-> ReLU] becomes one FrozenConv2d: the BN
 folded into the convolution's weight and bias, the add and the activation its epilogue,
-the weight prepacked once for oneDNN; each Linear [-> ReLU] a FrozenLinear. The patterns are
-found in a torch.fx trace of the model, in every form cnnkit and torchvision write them:
+the weight prepacked once for oneDNN; each Linear [-> ReLU] a FrozenLinear; each
+nn.MaxPool2d cnnkit's, which computes no indices. The patterns are found in a torch.fx trace
+of the model, in every form cnnkit and torchvision write them:
 - torch.nn: Conv2d, BatchNorm2d, then optionally an add of another traced tensor (+, +=,
   torch.add, .add), then optionally a ReLU (module, torch.relu, F.relu, .relu());
 - cnnkit: Conv2d, then a cnnkit BatchNorm2d / BatchNormReLU2d (its activation, and its
@@ -32,6 +33,7 @@ from cnnkit.models._checks import check_image_batch
 from cnnkit.nn.batchnorm import _BatchNormAct2d
 from cnnkit.nn.conv_bn import ConvBNReLU2d
 from cnnkit.nn.lrn import LocalResponseNorm
+from cnnkit.nn.pooling import MaxPool2d
 
 from .frozen_conv import FrozenConv2d
 from .frozen_linear import FrozenLinear
@@ -122,7 +124,7 @@ def _optimized(module, input_shapes):
             setattr(module, name, _optimized(child, input_shapes))
         return module
     graph_module = torch.fx.GraphModule(module, graph, type(module).__name__)
-    if _fold_conv_bn(graph_module, input_shapes):
+    if _fold_conv_bn(graph_module, input_shapes) + _index_free_max_pools(graph_module):
         return graph_module
     # Nothing to fold at this level: keep the module's own class (and its children's).
     for name, child in list(module.named_children()):
@@ -180,6 +182,16 @@ def _fold_conv_bn(gm, input_shapes):
     gm.graph.lint()
     gm.recompile()
     return folded
+
+
+def _index_free_max_pools(gm):
+    """Swap each nn.MaxPool2d for cnnkit's, which computes no indices; the number swapped."""
+    swapped = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.MaxPool2d:
+            replace_module(gm, node.target, MaxPool2d.from_torch(gm.get_submodule(node.target)))
+            swapped += 1
+    return swapped
 
 
 # Modules whose output is a new tensor, never a view of their input (nn.Identity, an

@@ -20,7 +20,8 @@ class PrepackedLayer(nn.Module):
         self.input_shape = None if input_shape is None else tuple(input_shape)
 
     def prepack(self):
-        """The weight reordered for oneDNN, for inputs of ``input_shape``."""
+        """The weight reordered for oneDNN, for inputs of ``input_shape`` (None: oneDNN
+        would not pay)."""
         raise NotImplementedError
 
     def _pack(self):

@@ -36,6 +36,7 @@ template <Capability capability>
 void register_kernels(torch::Library& m) {
   register_lrn_kernels<capability>(m);
   register_batch_norm_kernels<capability>(m);
+  register_max_pool_kernels<capability>(m);
 }
 
 }  // namespace

@@ -29,6 +29,8 @@ template <Capability>
 void register_lrn_kernels(torch::Library& m);
 template <Capability>
 void register_batch_norm_kernels(torch::Library& m);
+template <Capability>
+void register_max_pool_kernels(torch::Library& m);
 
 }  // namespace cpu
 }  // namespace cnnkit
