@@ -16,5 +16,5 @@ def _max_pool2d_fake(input, kernel_size, stride=(), padding=(0,), dilation=(1,),
     stride = kernel if len(stride) == 0 else pair(stride)
     size = [pooled_size(input.size(2 + i), kernel[i], stride[i], pad[i], dilation[i], ceil_mode)
             for i in range(2)]
-    return input.new_empty((input.size(0), input.size(1), *size)).contiguous(
-        memory_format=dense_memory_format(input))
+    return torch.empty((input.size(0), input.size(1), *size), dtype=input.dtype,
+                       device=input.device, memory_format=dense_memory_format(input))

@@ -124,7 +124,7 @@ def _optimized(module, input_shapes):
             setattr(module, name, _optimized(child, input_shapes))
         return module
     graph_module = torch.fx.GraphModule(module, graph, type(module).__name__)
-    if _fold_conv_bn(graph_module, input_shapes) + _index_free_max_pools(graph_module):
+    if _freeze_layers(graph_module, input_shapes) + _index_free_max_pools(graph_module):
         return graph_module
     # Nothing to fold at this level: keep the module's own class (and its children's).
     for name, child in list(module.named_children()):
@@ -133,7 +133,7 @@ def _optimized(module, input_shapes):
 
 
 # --------------------------------------------------------------------------------------
-# Conv -> BN [-> add] [-> ReLU] to FrozenConv2d
+# Conv [-> BN] [-> add] [-> ReLU] to FrozenConv2d, Linear [-> ReLU] to FrozenLinear
 
 
 class _Match:
@@ -152,8 +152,9 @@ class _Match:
                                          self.negative_slope, input_shape)
 
 
-def _fold_conv_bn(gm, input_shapes):
-    """Rewrite every foldable chain of ``gm``'s graph in place; the number rewritten.
+def _freeze_layers(gm, input_shapes):
+    """Rewrite every conv (and linear) chain of ``gm``'s graph into its frozen layer, in
+    place; the number rewritten.
 
     Each chain is rewritten as soon as it is found, so the next one is matched on the
     graph as it now is (one block's output is the next block's input and shortcut)."""
