@@ -10,3 +10,15 @@ from cnnkit import functional, models, nn, reference  # noqa: F401
 from cnnkit.fuse import fuse  # noqa: F401,E402
 from cnnkit.inference import optimize_for_inference  # noqa: F401,E402
 from cnnkit.summary import summary  # noqa: F401,E402
+
+# Imported on first use, so that `import cnnkit` stays fast: the training stack (data, loop,
+# CLI) and the ONNX exporter's translations pull in much that inference code never needs.
+_LAZY_SUBMODULES = ("onnx", "train")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

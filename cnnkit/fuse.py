@@ -59,6 +59,8 @@ def fuse(model, inplace=False):
     """A copy of `model` (or `model` itself with inplace=True, see the module docstring)
     whose BatchNorm2d -> ReLU and BatchNorm2d -> add -> ReLU run as cnnkit's fused ops;
     same weights, same state_dict keys, same outputs and gradients in train and eval mode."""
+    if not isinstance(model, nn.Module):  # else deepcopy and tracing fail far from the cause
+        raise TypeError(f"fuse: model must be a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     if _runs_in_order(model):
@@ -78,16 +80,13 @@ def fuse(model, inplace=False):
 # torch.fx
 
 
-class _CnnkitLeafTracer(torch.fx.Tracer):
-    """Keeps cnnkit's own modules whole: their forwards branch on the mode (memory-saving
-    recomputation in training), which a trace would freeze, and the _bn_add_relu calls of
-    a fused graph whole (tracing it again: fuse of a fused model, torch.load of one)."""
+class _FusedGraphTracer(torch.fx.Tracer):
+    """torch.fx's tracer that keeps the _bn_add_relu calls of a fused graph whole (tracing
+    it again: fuse of a fused model, torch.load of one). cnnkit's own modules record
+    themselves as one node where their forward must run at every call (cnnkit.nn.tracing)."""
 
     def __init__(self):
         super().__init__(autowrap_functions=(_bn_add_relu,))
-
-    def is_leaf_module(self, module, qualified_name):
-        return type(module).__module__.startswith("cnnkit.") or super().is_leaf_module(module, qualified_name)
 
 
 def _trace_whole(model):
@@ -98,7 +97,7 @@ def _trace_whole(model):
         graphs = []
         for training in (True, False):  # a forward reading self.training traces differently
             model.train(training)
-            graphs.append(_CnnkitLeafTracer().trace(model))
+            graphs.append(_FusedGraphTracer().trace(model))
     finally:
         for module, training in modes.items():
             module.training = training
@@ -109,11 +108,9 @@ def _trace_whole(model):
 
 
 def _names(module):
-    """Qualified names of every submodule, parameter and buffer: a GraphModule copies only
-    what the traced forward used (an auxiliary head or a parameter only a loss uses would
-    be lost)."""
+    """Qualified names of every parameter and buffer: a GraphModule copies only what the
+    traced forward used (an auxiliary head or a parameter only a loss uses would be lost)."""
     named = itertools.chain(
-        module.named_modules(remove_duplicate=False),
         module.named_parameters(remove_duplicate=False),
         module.named_buffers(remove_duplicate=False),
     )
@@ -140,6 +137,9 @@ def fuse_graph(gm):
             _fuse_add_relu(gm, node, user)
         else:
             replace_module(gm, node.target, BatchNorm2d.from_torch(gm.get_submodule(node.target)))
+    for module in gm.modules():  # blocks kept whole in the graph (memory-saving ones)
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            _fuse_cnnkit_block(module)
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -218,13 +218,11 @@ def _fuse_cnnkit_block(block):
     """A cnnkit block built on plain BatchNorm2d: give it the fused norms. Any other norm
     (GroupNorm, SyncBatchNorm, ...) has no fused counterpart here that computes the same,
     so such a block is left alone."""
-    plain = all(type(norm) in (nn.BatchNorm2d, BatchNorm2d) for norm in block._norms())
-    if block._fused or not plain:
-        return
+    if not all(type(norm) in (nn.BatchNorm2d, BatchNorm2d) for norm in block._norms()):
+        return  # fused already, or another norm
     for name in ("bn1", "bn2", "bn3"):
         if hasattr(block, name):
             setattr(block, name, BatchNormReLU2d.from_torch(getattr(block, name)))
-    block._fused = True
 
 
 def _looks_like_torchvision_block(module):

@@ -16,6 +16,7 @@ the residual networks here, since the main branch always has the wider field.
 import argparse
 import copy
 import dataclasses
+import operator
 import sys
 
 import torch
@@ -131,11 +132,7 @@ def summary(model, input_size, device=None, dtype=None):
     and no running statistic changes; each module's mode is restored afterwards.
     Returns a ModelSummary; print it for the table.
     """
-    input_shape = tuple(input_size)
-    if len(input_shape) == 3:
-        input_shape = (1,) + input_shape
-    if len(input_shape) != 4:
-        raise ValueError(f"summary: input_size must be (C, H, W) or (N, C, H, W), got {input_size}")
+    input_shape = _input_shape(input_size)
     reference = next(iter(model.parameters()), None)
     device = device or (reference.device if reference is not None else "cpu")
     dtype = dtype or (reference.dtype if reference is not None else torch.float32)
@@ -151,6 +148,25 @@ def summary(model, input_size, device=None, dtype=None):
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
         total_macs=sum(row.macs for row in rows),
     )
+
+
+def _input_shape(input_size):
+    """(N, C, H, W) of a summary's input_size, checked before the model runs: a wrong type
+    is a TypeError, a wrong count or a size below 1 a ValueError."""
+    expected = "(C, H, W) or (N, C, H, W) of positive ints"
+    try:
+        if isinstance(input_size, (str, bytes)):  # iterable, but its characters are no sizes
+            raise TypeError
+        sizes = tuple(input_size)
+        if any(isinstance(size, bool) for size in sizes):
+            raise TypeError
+        # operator.index takes ints (numpy's too) and refuses floats: 32.5 pixels is no size.
+        sizes = tuple(operator.index(size) for size in sizes)
+    except TypeError:
+        raise TypeError(f"summary: input_size must be {expected}, got {input_size!r}") from None
+    if len(sizes) not in (3, 4) or min(sizes) < 1:
+        raise ValueError(f"summary: input_size must be {expected}, got {input_size!r}")
+    return (1,) + sizes if len(sizes) == 3 else sizes
 
 
 def _meta_copy(model):

@@ -29,7 +29,6 @@ from cnnkit.fx_patterns import (
     replace_module,
     residual_of,
 )
-from cnnkit.models._checks import check_image_batch
 from cnnkit.nn.batchnorm import _BatchNormAct2d
 from cnnkit.nn.conv_bn import ConvBNReLU2d
 from cnnkit.nn.lrn import LocalResponseNorm
@@ -103,10 +102,11 @@ def _input_shapes(model, example_inputs):
 class _InferenceTracer(torch.fx.Tracer):
     """Traces through containers (blocks, models, Sequentials) down to the ops: every
     BatchNorm, ConvBNReLU2d and LocalResponseNorm stays one call_module node. The models'
-    input checks stay in the graph as calls, so the frozen model still checks its input."""
+    input checks record themselves in the graph (cnnkit.nn.tracing), so the frozen model
+    still checks its input."""
 
     def __init__(self):
-        super().__init__(autowrap_functions=(check_image_batch, _bn_add_relu))
+        super().__init__(autowrap_functions=(_bn_add_relu,))
 
     def is_leaf_module(self, module, qualified_name):
         if isinstance(module, (_BatchNorm, ConvBNReLU2d, LocalResponseNorm)):

@@ -8,6 +8,8 @@ There is no BatchNorm to fuse, so fused=True and fused=False build the same netw
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.nn.tracing import traced_function_call
+
 from ._checks import check_image_batch
 
 # The network is laid out for 32x32 images (MNIST's 28x28 digits, padded by 2, as in the paper).
@@ -43,9 +45,18 @@ class LeNet5(nn.Module):
             self.in_channels,
             exact_sizes=((INPUT_SIZE, INPUT_SIZE), (PADDED_INPUT_SIZE, PADDED_INPUT_SIZE)),
         )
-        if input.shape[-1] == PADDED_INPUT_SIZE:
-            input = F.pad(input, (2, 2, 2, 2))
-        return self.classifier(self.features(input))
+        return self.classifier(self.features(pad_to_input_size(input)))
+
+
+def pad_to_input_size(input):
+    """A 28x28 batch zero-padded by 2 to the network's 32x32; a 32x32 one as it is. (One
+    call in a torch.fx graph: what it does depends on the input's size.)"""
+    traced = traced_function_call(pad_to_input_size, input)
+    if traced is not None:
+        return traced
+    if input.shape[-1] == PADDED_INPUT_SIZE:
+        return F.pad(input, (2, 2, 2, 2))
+    return input
 
 
 def lenet5(num_classes=10, in_channels=1, fused=True):

@@ -8,7 +8,12 @@ equal.
 """
 
 import dataclasses
+import fnmatch
 import importlib
+import os
+from collections.abc import Mapping
+
+import torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +66,10 @@ _MODELS = [
 MODELS = {info.name: info for info in _MODELS}
 
 
-def list_models():
-    """Names accepted by get_model, in the zoo's order."""
-    return list(MODELS)
+def list_models(pattern=None):
+    """Names accepted by get_model, in the zoo's order; with `pattern`, only those it
+    matches as an fnmatch pattern (list_models("resnet*"), as torchvision and timm)."""
+    return [name for name in MODELS if pattern is None or fnmatch.fnmatchcase(name, pattern)]
 
 
 def model_info(name):
@@ -83,11 +89,63 @@ def get_builder(name):
     return getattr(module, function_name)
 
 
-def get_model(name, **kwargs):
+NO_DOWNLOADS = (
+    "cnnkit never downloads weights: download the torchvision .pth file yourself and pass "
+    'its path, e.g. get_model("resnet50", weights="resnet50-0676ba61.pth"), or pass a '
+    "cnnkit checkpoint or a state_dict"
+)
+
+
+def get_model(name, weights=None, **kwargs):
     """Build a model of the zoo by name: get_model("resnet50", num_classes=10, fused=False).
 
-    Keyword arguments go to the builder (num_classes, in_channels, fused, and the
-    builder's own options).
+    weights: None for a random initialization; the path of a local checkpoint (a
+    torchvision .pth file, a torch.save'd state_dict, or a cnnkit training checkpoint);
+    or a state_dict. Weights are loaded strictly: every key must match and fit.
+    Other keyword arguments go to the builder (num_classes, in_channels, fused, and the
+    builder's own options); torchvision's old pretrained=False is accepted and ignored.
     """
+    if kwargs.pop("pretrained", False):
+        raise ValueError(f"get_model: pretrained=True would need a download, and {NO_DOWNLOADS}")
     info = model_info(name)
-    return get_builder(name)(**{**info.builder_kwargs, **kwargs})
+    state_dict = _state_dict_of(weights)  # before building: a bad argument fails fast
+    model = get_builder(name)(**{**info.builder_kwargs, **kwargs})
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _state_dict_of(weights):
+    """The state_dict that `weights` (see get_model) stands for, or None."""
+    if weights is None or isinstance(weights, Mapping):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            # "DEFAULT", "IMAGENET1K_V1", ... name torchvision's downloads, as does a typo.
+            raise ValueError(f"get_model: weights={path!r} is not a local file, and {NO_DOWNLOADS}")
+        return _load_file(path)
+    if hasattr(weights, "get_state_dict") or hasattr(weights, "url"):  # a torchvision WeightsEnum
+        raise ValueError(f"get_model: weights={weights!r} would need a download, and {NO_DOWNLOADS}")
+    raise TypeError(
+        f"get_model: weights must be None, a path or a state_dict, got {type(weights).__name__}"
+    )
+
+
+def _load_file(path):
+    from cnnkit.train import checkpoint
+
+    with open(path, "rb") as file:
+        is_cnnkit = file.read(len(checkpoint.MAGIC)) == checkpoint.MAGIC
+    if is_cnnkit:  # checksummed, behind a header: only load_checkpoint reads it
+        state = checkpoint.load_checkpoint(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # A training checkpoint keeps the model's state_dict under "model" (cnnkit) or
+    # "state_dict" (a common convention); a bare state_dict has neither key as a dict.
+    for key in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            return state[key]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"get_model: {path} holds a {type(state).__name__}, not a state_dict")
+    return state

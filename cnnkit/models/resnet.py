@@ -12,9 +12,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from cnnkit.nn.blocks import (
     BasicBlock,
     Bottleneck,
+    applies_relu,
     conv1x1,
     default_norm_layer,
-    relu_after,
     shortcut_norm_layer,
 )
 
@@ -69,7 +69,7 @@ class ResNet(nn.Module):
         self.base_width = width_per_group
         self.conv1 = nn.Conv2d(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(self.inplanes)
-        self.relu = relu_after(self.bn1)
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=replace_stride_with_dilation[0])
@@ -108,7 +108,8 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         check_image_batch(x, "ResNet", self.in_channels)
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.bn1(self.conv1(x))
+        x = x if applies_relu(self.bn1) else self.relu(x)
         x = self.maxpool(x)
         x = self.layer1(x)
         x = self.layer2(x)

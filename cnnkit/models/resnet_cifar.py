@@ -9,7 +9,7 @@ the shape changes, so they add no parameters (ResNet-20: 269,722 parameters).
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.nn.blocks import BasicBlock, default_norm_layer, relu_after
+from cnnkit.nn.blocks import BasicBlock, applies_relu, default_norm_layer
 
 from ._checks import check_image_batch
 
@@ -42,7 +42,7 @@ class CifarResNet(nn.Module):
         self.in_channels = in_channels
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = norm_layer(16)
-        self.relu = relu_after(self.bn1)
+        self.relu = nn.ReLU(inplace=True)
         self.inplanes = 16
         stages = []
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
@@ -68,7 +68,8 @@ class CifarResNet(nn.Module):
 
     def forward(self, x):
         check_image_batch(x, f"resnet{self.depth}", self.in_channels)
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.bn1(self.conv1(x))
+        x = x if applies_relu(self.bn1) else self.relu(x)
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 

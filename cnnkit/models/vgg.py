@@ -1,15 +1,15 @@
 """VGG-11/13/16/19 and their BatchNorm forms (Simonyan and Zisserman, 2014; configurations
 A, B, D, E), state_dict-identical to torchvision's.
 
-fused=True runs each BatchNorm + ReLU of the _bn forms as one cnnkit op. To keep
-torchvision's indices in `features` (features.0 conv, features.1 BN, ...), the ReLU's slot
-holds an nn.Identity: the fused norm applies it.
+fused=True runs each BatchNorm + ReLU of the _bn forms as one cnnkit op. `features` holds
+torchvision's layers at torchvision's indices (features.0 conv, features.1 BN, features.2
+ReLU, ...) and skips a ReLU that the norm before it has applied.
 """
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cnnkit.nn.blocks import default_norm_layer, relu_after
+from cnnkit.nn.blocks import applies_relu, default_norm_layer
 
 from ._checks import check_image_batch
 
@@ -34,12 +34,24 @@ def make_layers(config, in_channels=3, batch_norm=False, fused=True):
             continue
         layers.append(nn.Conv2d(in_channels, value, kernel_size=3, padding=1))
         if norm_layer is not None:
-            norm = norm_layer(value)
-            layers += [norm, relu_after(norm)]
-        else:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(norm_layer(value))
+        layers.append(nn.ReLU(inplace=True))
         in_channels = value
-    return nn.Sequential(*layers)
+    return Features(*layers)
+
+
+class Features(nn.Sequential):
+    """VGG's convolutional part: nn.Sequential's forward, except that a ReLU right after a
+    norm that applies the ReLU itself (cnnkit's fused BatchNormReLU2d) is skipped. Decided
+    at each call, so a norm swapped in after construction runs with its ReLU."""
+
+    def forward(self, input):
+        previous = None
+        for layer in self:
+            if not (isinstance(layer, nn.ReLU) and applies_relu(previous)):
+                input = layer(input)
+            previous = layer
+        return input
 
 
 class VGG(nn.Module):

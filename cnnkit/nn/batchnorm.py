@@ -1,14 +1,17 @@
 """cnnkit.nn.BatchNorm2d and cnnkit.nn.BatchNormReLU2d: nn.BatchNorm2d run by cnnkit's fused
 BatchNorm + activation (+ residual add) op.
 
-Both subclass torch.nn.modules.batchnorm._BatchNorm, so parameters, buffers, state_dict keys,
+Both subclass torch.nn.BatchNorm2d, so isinstance holds for code that looks for BatchNorm
+(BN freezing, weight-decay exclusion, converters), and parameters, buffers, state_dict keys,
 loading (including checkpoints without num_batches_tracked), momentum=None, affine=False and
 track_running_stats=False are nn.BatchNorm2d's own.
 """
 
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from cnnkit.functional.batch_norm import batch_norm_act
+from cnnkit.nn.tracing import traced_module_call
 from cnnkit.reference.batch_norm import activation_code
 
 
@@ -27,15 +30,11 @@ def batch_norm_arguments(bn):
     return batch_stats, running_mean, running_var, factor
 
 
-class _BatchNormAct2d(_BatchNorm):
+class _BatchNormAct2d(nn.BatchNorm2d):
     """The forward shared by the 2-d modules: nn.BatchNorm2d's, with an activation."""
 
     activation = None
     negative_slope = 0.01
-
-    def _check_input_dim(self, input):
-        if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
     def _synchronising_group(self):
         """The process group to synchronise over now; None: this rank alone. The
@@ -43,6 +42,9 @@ class _BatchNormAct2d(_BatchNorm):
         return None
 
     def forward(self, input, residual=None):
+        traced = traced_module_call(self, input, **({} if residual is None else {"residual": residual}))
+        if traced is not None:
+            return traced
         self._check_input_dim(input)
         batch_stats, running_mean, running_var, factor = batch_norm_arguments(self)
         return batch_norm_act(

@@ -28,6 +28,7 @@ convolution's epilogue, is the explicit step cnnkit.optimize_for_inference.
 """
 
 import contextlib
+import warnings
 
 import torch
 from torch import nn
@@ -36,6 +37,8 @@ from torch.utils.checkpoint import checkpoint
 
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
 from cnnkit.nn.conv_bn import bn_act_conv
+from cnnkit.nn.sync_batchnorm import SyncBatchNorm2d, SyncBatchNormReLU2d
+from cnnkit.nn.tracing import traced_module_call
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -57,15 +60,21 @@ def conv1x1(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def is_fused_norm(module):
-    """True if `module` applies its ReLU (and a residual add) itself."""
-    return isinstance(module, BatchNormReLU2d)
-
-
-def relu_after(norm):
-    """The ReLU module to follow `norm` with: an nn.Identity where the norm applies the ReLU
-    itself, so that forwards keep torchvision's shape (relu(bn(conv(x))))."""
-    return nn.Identity() if is_fused_norm(norm) else nn.ReLU(inplace=True)
+def applies_relu(norm):
+    """True if ``norm`` applies the ReLU (and adds a residual) itself: cnnkit's fused
+    BatchNormReLU2d. The blocks and models ask at every forward, so a norm swapped in after
+    construction (torch's BatchNorm2d or SyncBatchNorm, GroupNorm, torchvision's
+    FrozenBatchNorm2d, nn.Identity) runs unfused, followed by the block's own add and ReLU."""
+    if isinstance(norm, BatchNormReLU2d):
+        return norm.activation == "relu"
+    if isinstance(norm, nn.SyncBatchNorm):
+        # Python's default warning filter shows this once per process.
+        warnings.warn(
+            "torch.nn.SyncBatchNorm in a cnnkit model runs unfused (BatchNorm, add and ReLU "
+            "apart); cnnkit.nn.convert_sync_batchnorm(model) gives synchronised fused norms",
+            stacklevel=2,
+        )
+    return False
 
 
 def default_norm_layer(fused):
@@ -78,7 +87,8 @@ def shortcut_norm_layer(fused):
 
 
 class _ResidualBlock(nn.Module):
-    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager."""
+    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager (decided per call
+    by the norm's type, see applies_relu)."""
 
     def _finish_init(self, downsample, stride, memory_efficient):
         """What both blocks set after their layers (downsample last, as in torchvision,
@@ -87,26 +97,32 @@ class _ResidualBlock(nn.Module):
         self.stride = stride
         self.memory_efficient = memory_efficient
         self._recompute = recompute_mode(memory_efficient)
-        self._fused = is_fused_norm(self._norms()[-1])  # the norm that adds the residual
 
     def _bn_relu(self, bn, input):
-        if self._fused:
+        if applies_relu(bn):
             return bn(input)
         return torch.relu(bn(input))
 
     def _bn_add_relu(self, bn, input, identity):
-        if self._fused:
+        if applies_relu(bn):
             return bn(input, residual=identity)
         return torch.relu(bn(input) + identity)
 
     def _bn_relu_conv(self, bn, conv, input):
         """conv(relu(bn(input))); in "links" memory-saving training only `input` is kept
-        for backward and relu(bn(input)) is recomputed there."""
-        if self._recompute == "links" and bn.training and torch.is_grad_enabled():
+        for backward and relu(bn(input)) is recomputed there (for a BatchNorm2d this rank
+        normalises alone: a synchronised or other norm runs as it is)."""
+        recomputable = isinstance(bn, nn.BatchNorm2d) and not isinstance(bn, _SYNCHRONISED)
+        if self._recompute == "links" and recomputable and bn.training and torch.is_grad_enabled():
             return bn_act_conv(bn, conv, input, activation="relu")
         return conv(self._bn_relu(bn, input))
 
     def forward(self, x):
+        if self._recompute is not None:
+            # The memory-saving paths depend on the mode at each call: one node for torch.fx.
+            traced = traced_module_call(self, x)
+            if traced is not None:
+                return traced
         if self._recompute == "block" and self.training and torch.is_grad_enabled():
             return checkpoint(self._forward, x, use_reentrant=False,
                               context_fn=lambda: (contextlib.nullcontext(), _RunningStatsKept(self)))
@@ -204,6 +220,8 @@ class Bottleneck(_ResidualBlock):
         out = self._bn_relu_conv(self.bn2, self.conv3, out)
         return self._bn_add_relu(self.bn3, out, identity)
 
+
+_SYNCHRONISED = (SyncBatchNorm2d, SyncBatchNormReLU2d)
 
 _RECOMPUTE_MODES = {False: None, None: None, True: "links", "links": "links", "block": "block"}
 

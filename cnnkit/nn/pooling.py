@@ -5,10 +5,14 @@ indices (eval, no_grad, inference; see cnnkit.functional.max_pool2d)."""
 from torch import nn
 
 from cnnkit.functional.max_pool import max_pool2d
+from cnnkit.nn.tracing import traced_module_call
 
 
 class MaxPool2d(nn.MaxPool2d):
     def forward(self, input):
+        traced = traced_module_call(self, input)
+        if traced is not None:
+            return traced
         if self.return_indices:
             return super().forward(input)
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,

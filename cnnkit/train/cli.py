@@ -6,14 +6,19 @@ exit with 2; Ctrl-C saves a checkpoint and exits with 130.
 """
 
 import argparse
+import contextlib
+import io
 import sys
 import warnings
+
+import torch
 
 from cnnkit.data import DataError, list_datasets
 from cnnkit.models import list_models
 
 from .checkpoint import CheckpointError
 from .config import AMP_DTYPES, AUGMENTATIONS, OPTIMIZERS, ConfigError
+from .recipes import RECIPE_SETTINGS, recipe_for
 from .schedules import SCHEDULES
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -27,12 +32,29 @@ def _milestones(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}")
 
 
-def train_parser():
-    parser = argparse.ArgumentParser(
-        prog="cnnkit train",
-        description="Train a model of the zoo. Settings left out come from the model's "
-                    "recipe (LeNet-5: Fashion-MNIST, SGD on the LeNet schedule x100, 12 epochs).")
-    add = parser.add_argument
+def train_parser(model=None):
+    """The parser of `cnnkit train`. With `model` (a name of the zoo), the help of each
+    setting a recipe fills in gives that model's value; without, it points at the recipe."""
+    recipe = recipe_for(model) if model in list_models() else None
+    if recipe is None:
+        description = ("Train a model of the zoo. Settings left out come from the model's "
+                       "recipe; `cnnkit train MODEL --help` shows them.")
+    else:
+        description = f"Train a model of the zoo. The defaults below are {model}'s recipe."
+    parser = argparse.ArgumentParser(prog="cnnkit train", description=description)
+
+    def add(*flags, help=None, **kwargs):
+        setting = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if setting in RECIPE_SETTINGS:
+            if recipe is None:
+                default = "the model's recipe"
+            elif setting in recipe:
+                default = str(recipe[setting]).replace("%", "%%")  # argparse %-formats help
+            else:  # left to TrainConfig's None (only threads is): torch's own choice
+                default = f"torch's choice, {torch.get_num_threads()} here"
+            help = f"{help} (default: {default})" if help else f"default: {default}"
+        parser.add_argument(*flags, help=help, **kwargs)
+
     add("model", help=f"model name, one of: {', '.join(list_models())}")
     add("--dataset", help=f"one of: {', '.join(list_datasets())}")
     add("--data-dir", help="directory of the data set (default: $CNNKIT_DATA, else the data "
@@ -57,15 +79,30 @@ def train_parser():
     add("--ten-crop", action="store_true", default=None, help="AlexNet's 10-crop evaluation")
     add("--seed", type=int)
     add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    add("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add("--threads", type=int, help="CPU threads for torch")
     add("--output", help="directory for logs, metrics, plot and checkpoints (runs/MODEL)")
     add("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
         help="continue from the output directory's newest checkpoint, or from CHECKPOINT")
-    add("--no-progress", dest="progress", action="store_false", default=None)
+    add("--no-progress", dest="progress", action="store_false", default=None,
+        help="no progress bar (there is one only when stderr is a terminal)")
     add("--limit-train", type=int, help="train on the first N examples only")
     add("--limit-test", type=int, help="evaluate on the first N examples only")
     add("--eval-batch-size", type=int)
     return parser
+
+
+def _model_for_help(argv):
+    """The model a `cnnkit train ... --help` names, so its help can show that model's
+    recipe; None otherwise. Parsed with the real options, so that no option's value
+    (--output resnet20) is taken for the model."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the real parse reports errors
+            args, _ = train_parser().parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    except SystemExit:  # no model given, or a usage error
+        return None
+    return args.model
 
 
 def _parse(parser, argv):
@@ -82,7 +119,7 @@ def _fail(command, error):
 
 
 def train_main(argv):
-    args, code = _parse(train_parser(), argv)
+    args, code = _parse(train_parser(_model_for_help(argv)), argv)
     if args is None:
         return code
     from .loop import fit

@@ -12,6 +12,8 @@ def format_duration(seconds):
 
 
 class Progress:
+    """enabled=False (--no-progress) turns the bar off; it is also off where nobody sees it."""
+
     def __init__(self, total, initial, description, enabled=True):
         self.bar = None
         self.steps = 0
@@ -20,8 +22,13 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=description, unit="batch",
-                            leave=False, dynamic_ncols=True, file=sys.stderr)
+            # A console bar redraws itself with \r: into a log file or a pipe that is every
+            # redraw (30 KB an epoch), so it is drawn on a terminal only. In Jupyter,
+            # tqdm.auto picks a widget, which writes no text and is always drawn.
+            widget = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+            if widget or sys.stderr.isatty():
+                self.bar = tqdm(total=total, initial=initial, desc=description, unit="batch",
+                                leave=False, dynamic_ncols=True, file=sys.stderr)
 
     def __enter__(self):
         return self

@@ -31,6 +31,10 @@ RESNET_IMAGENET = dict(RESNET_CIFAR, batch_size=256, epochs=90)
 
 GENERIC = dict(RESNET_CIFAR, schedule="cosine", epochs=30)
 
+# The settings some recipe fills in; one a recipe leaves out keeps TrainConfig's default
+# (threads: None, torch's own choice).
+RECIPE_SETTINGS = frozenset().union(LENET5, ALEXNET, VGG, RESNET_CIFAR, RESNET_IMAGENET, GENERIC)
+
 
 def recipe_for(model_name):
     """The default training settings (a dict) of a model of the zoo, by its family."""

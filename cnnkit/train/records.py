@@ -53,7 +53,8 @@ def plot_history(history, path, title=""):
     accuracy_axis.plot(epochs, [100 * r["train_top1_acc"] for r in history], "o-", label="train")
     accuracy_axis.plot(epochs, [100 * r["test_top1_acc"] for r in history], "s-", label="test")
     accuracy_axis.set(title="top-1 accuracy (%)", xlabel="epoch")
-    lr_axis.step(epochs, [r["lr"] for r in history], where="post")
+    # Markers: a step line through one point (a 1-epoch run) draws nothing.
+    lr_axis.step(epochs, [r["lr"] for r in history], "o-", where="post")
     lr_axis.set(title="learning rate", xlabel="epoch", yscale="log")
     for axis in (loss_axis, accuracy_axis):
         axis.legend()
