@@ -12,8 +12,8 @@ Two ways in, tried in order:
    operand turns out not to have the BN output's shape, dtype and device, that call runs
    torch's BN, add and ReLU instead), and every other BatchNorm2d becomes a
    cnnkit.nn.BatchNorm2d. The result is a torch.fx.GraphModule.
-2. A module walk otherwise (a forward with data-dependent control flow, input checks, a
-   mode-dependent graph, ...), or where the graph rewrite fails: inside every nn.Sequential
+2. A module walk otherwise (a forward with data-dependent control flow, a mode-dependent
+   graph, ...), or where the graph rewrite fails: inside every nn.Sequential
    that runs nn.Sequential's own forward, BatchNorm2d followed by ReLU becomes a
    BatchNormReLU2d and the ReLU an nn.Identity; every torchvision-style BasicBlock /
    Bottleneck (conv1, bn1, ..., downsample, relu, ending in relu(bn(...) + identity), with

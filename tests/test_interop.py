@@ -259,3 +259,15 @@ def test_fuse_modules_with_cnnkit_fuser_methods():
     assert isinstance(fused.bn1, nn.Identity) and isinstance(fused.layer1[0].bn1, nn.Identity)
     with torch.no_grad():
         torch.testing.assert_close(fused(input), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_export_keeps_cnnkit_ops():
+    torch.manual_seed(0)
+    model = get_model("resnet20").eval()
+    randomize_batch_norms(model)
+    input = torch.randn(2, 3, 16, 16)
+    exported = torch.export.export(model, (input,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "cnnkit.batch_norm_act.default" in targets
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(input), model(input))
