@@ -70,12 +70,17 @@ class _BatchNormAct2d(nn.BatchNorm2d):
             track_running_stats=bn.track_running_stats,
             bias=not bn.affine or bn.bias is not None, **kwargs,
         )
-        for name in ("weight", "bias"):
-            setattr(module, name, getattr(bn, name))
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            module._buffers[name] = bn._buffers.get(name)
-        module.train(bn.training)
-        return module
+        return share_state(bn, module)
+
+
+def share_state(source, target):
+    """``target`` (a BatchNorm module) holding ``source``'s parameter and buffer tensors
+    themselves, not copies, in ``source``'s mode."""
+    for name in ("weight", "bias"):
+        setattr(target, name, getattr(source, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        target._buffers[name] = source._buffers.get(name)
+    return target.train(source.training)
 
 
 class BatchNorm2d(_BatchNormAct2d):

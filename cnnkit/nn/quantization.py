@@ -17,19 +17,14 @@ residual add too) without quantizing.
 
 from torch import nn
 
-from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
+from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d, share_state
 
 
 def _as_torch_batch_norm(bn):
     """An nn.BatchNorm2d holding ``bn``'s parameters and buffers (shared), for torch's fusers,
     which build intrinsic modules around an nn.BatchNorm2d."""
     plain = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-    for name in ("weight", "bias"):
-        setattr(plain, name, getattr(bn, name))
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        plain._buffers[name] = bn._buffers.get(name)
-    plain.train(bn.training)
-    return plain
+    return share_state(bn, plain)
 
 
 def fuser_method_mapping():
