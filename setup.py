@@ -8,6 +8,8 @@ Environment:
   CNNKIT_FORCE_CUDA=1/0   build the CUDA kernels even if detection says no (or skip them)
   CNNKIT_CPU_CAPABILITY   comma-separated capabilities to compile, e.g. "AVX2" (DEFAULT is
                           always compiled; default: all of capabilities.txt)
+  CNNKIT_SANITIZE=1       build with AddressSanitizer and UBSan (-O1, into a build directory
+                          of its own; scripts/sanitize.sh runs the op tests on such a build)
   TORCH_CUDA_ARCH_LIST    CUDA architectures (read by torch.utils.cpp_extension)
   MAX_JOBS                parallel compile jobs (read by torch.utils.cpp_extension)
 """
@@ -88,8 +90,15 @@ def make_extension():
     with_cuda = want_cuda()
     capabilities = extra_capabilities()
     # Everything but the extra capabilities' kernels is compiled portably, as DEFAULT.
-    cxx_flags = ["-O3", "-fopenmp", *capability_macros("DEFAULT"),
+    cxx_flags = ["-O1" if env_flag("CNNKIT_SANITIZE") else "-O3", "-fopenmp", *capability_macros("DEFAULT"),
                  *(f"-DCNNKIT_CPU_{c}" for c in capabilities)]
+    link_flags = ["-fopenmp"]
+    if env_flag("CNNKIT_SANITIZE"):
+        # vptr is left out: its checks of torch's classes need RTTI that torch's libraries
+        # hold in copies of their own.
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-sanitize-recover=undefined"]
+        cxx_flags += [*sanitize, "-fno-omit-frame-pointer", "-g"]
+        link_flags += sanitize
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
     srcs = sources("module.cpp") + sources("ops/*.cpp") + sources("cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
@@ -102,7 +111,7 @@ def make_extension():
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
         kind = cpp_extension.CUDAExtension
     extension = kind("cnnkit._C", srcs, include_dirs=include_dirs, define_macros=define_macros,
-                     extra_compile_args=extra_compile_args, extra_link_args=["-fopenmp"])
+                     extra_compile_args=extra_compile_args, extra_link_args=link_flags)
     extension.cpu_capabilities = capabilities
     return extension
 
@@ -118,6 +127,8 @@ class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
     def finalize_options(self):
         super().finalize_options()
         tag = f"{sysconfig.get_platform()}-py{sysconfig.get_python_version()}-torch{torch.__version__}"
+        if env_flag("CNNKIT_SANITIZE"):
+            tag += "-sanitize"
         self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
 
     def build_extension(self, ext):

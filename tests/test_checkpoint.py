@@ -166,3 +166,25 @@ def test_sigkill_at_any_instant_leaves_an_intact_checkpoint(tmp_path):
         # What a kill can leave besides checkpoints is a temporary, never a partial final file.
         assert all(ckpt.CHECKPOINT_RE.search(name) or ".pt.tmp-" in name
                    for name in os.listdir(directory))
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    ckpt.save_checkpoint(_state(1.0), tmp_path / ckpt.checkpoint_name(1))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{ckpt.checkpoint_name(2)}{ckpt.TEMPORARY_SUFFIX}{dead.pid}"
+    live = tmp_path / f"{ckpt.checkpoint_name(2)}{ckpt.TEMPORARY_SUFFIX}{os.getppid()}"  # a writer still running
+    other = tmp_path / "notes.tmp-1"
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    assert ckpt.remove_stale_temporaries(tmp_path) == [str(stale)]
+    assert sorted(os.listdir(tmp_path)) == sorted([ckpt.checkpoint_name(1), live.name, other.name])
+
+
+def test_trailing_bytes_are_not_called_truncation(tmp_path):
+    path = ckpt.save_checkpoint(_state(1.0), tmp_path / "a.pt")
+    with open(path, "ab") as file:
+        file.write(b"extra")
+    with pytest.raises(ckpt.CheckpointError, match="5 trailing bytes") as error:
+        ckpt.load_checkpoint(path)
+    assert "truncated" not in str(error.value)

@@ -237,3 +237,17 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout and "test top-1 accuracy" in resumed.stdout
+
+
+def test_evaluate_warns_when_the_newest_checkpoint_is_damaged(trained_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    newest = list_checkpoints(run)[0]
+    shutil.copy(newest, run / "checkpoint-e0000-s0000001.pt")  # an older intact one to fall back on
+    with open(newest, "r+b") as file:
+        file.seek(-3, 2)
+        file.write(b"\x00\x01\x02")
+    assert evaluate_main([str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"cnnkit evaluate: {newest}: checksum mismatch" in err and "using the previous checkpoint" in err

@@ -20,12 +20,24 @@ except ImportError as error:  # a source checkout that was never built
 
 
 def registered_ops():
-    """Names of the ops in the cnnkit namespace, as torch.ops.cnnkit.<name>."""
+    """Names of the ops in the cnnkit namespace, as torch.ops.cnnkit.<name> (not the check
+    ops, whose names start with an underscore)."""
     if _C is None:
         return []
     return sorted(
-        op.split("::", 1)[1] for op in torch._C._dispatch_get_all_op_names() if op.startswith("cnnkit::")
+        name for name in (op.split("::", 1)[1] for op in torch._C._dispatch_get_all_op_names()
+                          if op.startswith("cnnkit::"))
+        if not name.startswith("_")
     )
+
+
+def check(op_name, *args):
+    """Runs the argument checks of torch.ops.cnnkit.<op_name> without running the op: the
+    C++ checks its kernels run (csrc/ops/<family>.cpp), so the fake kernels and the fallback
+    to cnnkit.reference raise exactly what the kernels raise. Composite ops, they run on any
+    device and on the fake tensors of torch.compile and torch.export."""
+    if _C is not None:
+        getattr(torch.ops.cnnkit, f"_check_{op_name}")(*args)
 
 
 def dense_memory_format(input):

@@ -8,7 +8,7 @@ all backward needs of it). The statistics count as constants: when they are the 
 
 import torch
 
-from cnnkit._ops import dense_memory_format
+from cnnkit._ops import check, dense_memory_format
 from cnnkit.reference import batch_norm as reference
 
 
@@ -22,17 +22,20 @@ def _like_input(input, dtype=None):
 
 @torch.library.register_fake("cnnkit::batch_norm_stats")
 def _batch_norm_stats_fake(input):
+    check("batch_norm_input", input)
     channels = input.size(1)
     return input.new_empty((channels,), dtype=stats_dtype(input)), input.new_empty((channels,), dtype=stats_dtype(input))
 
 
 @torch.library.register_fake("cnnkit::batch_norm_train_stats")
 def _batch_norm_train_stats_fake(input, running_mean, running_var, momentum, eps):
+    check("batch_norm_running_stats", input, running_mean, running_var)
     return _batch_norm_stats_fake(input)
 
 
 @torch.library.register_fake("cnnkit::batch_norm_act")
 def _batch_norm_act_fake(input, weight, bias, residual, mean, invstd, batch_stats, activation, negative_slope):
+    check("batch_norm_act", input, weight, bias, residual, mean, invstd, activation)
     if residual is not None and activation != 0:
         mask = _like_input(input, torch.bool)
     else:
@@ -43,6 +46,7 @@ def _batch_norm_act_fake(input, weight, bias, residual, mean, invstd, batch_stat
 @torch.library.register_fake("cnnkit::batch_norm_act_backward")
 def _batch_norm_act_backward_fake(grad_output, input, weight, bias, mask, mean, invstd, batch_stats,
                                   activation, negative_slope, residual_grad):
+    check("batch_norm_act_backward", grad_output, input, weight, bias, mask, mean, invstd, activation)
     param_dtype = weight.dtype if weight is not None else input.dtype
     channels = input.size(1)
     grad_residual = _like_input(input) if residual_grad else input.new_empty((0,))
@@ -53,12 +57,15 @@ def _batch_norm_act_backward_fake(grad_output, input, weight, bias, mask, mean, 
 @torch.library.register_fake("cnnkit::batch_norm_act_backward_reduce")
 def _batch_norm_act_backward_reduce_fake(grad_output, input, weight, bias, mask, mean, invstd, activation,
                                          negative_slope):
+    check("batch_norm_act_backward", grad_output, input, weight, bias, mask, mean, invstd, activation)
     return _batch_norm_stats_fake(input)
 
 
 @torch.library.register_fake("cnnkit::batch_norm_act_backward_apply")
 def _batch_norm_act_backward_apply_fake(grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
                                         mean_grad_centered, activation, negative_slope, residual_grad):
+    check("batch_norm_act_backward_apply", grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
+          mean_grad_centered, activation)
     grad_residual = _like_input(input) if residual_grad else input.new_empty((0,))
     return _like_input(input), grad_residual
 
@@ -99,8 +106,9 @@ def _backward(ctx, grad_output, _grad_mask):
     grad_input, grad_weight, grad_bias, grad_residual = grads
     return (
         grad_input if needs[0] else None,
-        grad_weight if weight is not None and needs[1] else None,
-        grad_bias if bias is not None and needs[2] else None,
+        # torch.nn.functional.batch_norm takes weight and bias of any shape with one element per channel.
+        grad_weight.view(weight.shape) if weight is not None and needs[1] else None,
+        grad_bias.view(bias.shape) if bias is not None and needs[2] else None,
         grad_residual if ctx.has_residual and needs[3] else None,
         None, None, None, None, None,
     )

@@ -3,16 +3,18 @@
 import torch
 
 from cnnkit import reference
-from cnnkit._ops import dense_memory_format
+from cnnkit._ops import check, dense_memory_format
 
 
 @torch.library.register_fake("cnnkit::local_response_norm")
 def _local_response_norm_fake(input, size, alpha=1e-4, beta=0.75, k=1.0, convention="torch"):
+    check("local_response_norm", input, size, k, convention)
     return torch.empty_like(input, memory_format=dense_memory_format(input))
 
 
 @torch.library.register_fake("cnnkit::local_response_norm_backward")
 def _local_response_norm_backward_fake(grad_output, input, size, alpha, beta, k, convention):
+    check("local_response_norm_backward", grad_output, input, size, k, convention)
     return torch.empty_like(input, memory_format=dense_memory_format(input))
 
 

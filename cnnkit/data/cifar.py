@@ -4,6 +4,7 @@ The batches are pickles; the unpickler here accepts only the numpy classes that 
 needs, so a tampered file cannot run code.
 """
 
+import math
 import os
 import pickle
 
@@ -30,16 +31,45 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class _CheckedArray(np.ndarray):
+    """The ndarray class as a CIFAR batch's pickle sees it: its state (shape, dtype, data)
+    must describe exactly the bytes it carries, checked in exact integers before numpy
+    allocates anything."""
+
+    def __setstate__(self, state):
+        shape, dtype, data = state[-4], state[-3], state[-1]
+        if not isinstance(data, bytes) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise pickle.UnpicklingError("an array's data must be raw bytes of a plain dtype")
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise pickle.UnpicklingError(f"bad array shape {_describe(shape)}")
+        needed = math.prod(shape) * dtype.itemsize
+        if needed != len(data):
+            raise pickle.UnpicklingError(f"an array of shape {_describe(shape)} needs {needed} bytes, got {len(data)}")
+        super().__setstate__(state)
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's _reconstruct for the empty placeholder numpy pickles an array as (shape
+    (0,)): its real shape comes with its data, in _CheckedArray.__setstate__."""
+    if not isinstance(shape, tuple) or math.prod(d if isinstance(d, int) else 1 for d in shape) != 0:
+        raise pickle.UnpicklingError(f"array placeholder of shape {_describe(shape)}, expected an empty one")
+    return np.ndarray.__new__(_CheckedArray, shape, dtype)
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        if name == "_reconstruct":
+            return _reconstruct
+        if name == "ndarray":
+            return _CheckedArray
+        return super().find_class(module, name)
 
 
 def _data(path, values):
     try:
-        return np.asarray(values)
+        return np.asarray(values).view(np.ndarray)
     except (TypeError, ValueError) as error:  # ragged nested lists, for one
         raise DataFormatError(f"{path}: data is not an array ({error})") from None
 
@@ -73,7 +103,7 @@ def _read_batch(path):
             f"{path}: no such file; point --data-dir (or CNNKIT_DATA) at the extracted "
             f"{BATCHES_DIR} directory of CIFAR-10"
         ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, MemoryError) as error:
         raise DataFormatError(
             f"{path}: not a readable CIFAR-10 batch ({error}); download and extract it again"
         ) from None

@@ -6,6 +6,7 @@ dimension, then the values in row-major order, big-endian. Files may be gzip-com
 """
 
 import gzip
+import math
 import os
 import zlib
 
@@ -71,7 +72,8 @@ def read_idx(path):
         )
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     np_dtype = IDX_TYPES[type_code][0]
-    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    # Exact integers: a fixed-width product of (2^31, 2^31, 4) wraps to 0 and would pass.
+    expected = math.prod(shape) * np_dtype.itemsize
     found = len(data) - header_size
     if found != expected:
         problem = "truncated" if found < expected else "has trailing bytes"

@@ -8,39 +8,17 @@ from cnnkit import _ops
 from cnnkit.reference import batch_norm as reference
 
 
-def _same_place(name, tensor, input):
-    if tensor is None:
-        return
-    if tensor.device != input.device:
-        raise RuntimeError(
-            f"batch_norm_act: {name} is on {tensor.device} but input is on {input.device}; "
-            "move them to the same device"
-        )
-
-
-def _param_dtypes(input):
-    """weight and bias have the input's dtype or, for bfloat16/float16 input, float32: autocast
-    runs the convolution in reduced precision and leaves the BatchNorm parameters in float32,
-    a pair torch.nn.functional.batch_norm accepts too."""
-    if input.dtype in (torch.bfloat16, torch.float16):
-        return (input.dtype, torch.float32)
-    return (input.dtype,)
-
-
-def _check(input, running_mean, running_var, weight, bias, residual, training, eps, synchronised=False):
-    """torch.nn.functional.batch_norm's checks, in its order and with its exception types
-    (its wording where a test of torch's own messages would look for it), and ours for the
-    residual and for devices."""
-    if input.dim() < 2:
-        raise ValueError(f"batch_norm_act: expected input of 2 or more dimensions (N, C, ...), got {input.dim()}D")
-    if not input.is_floating_point():
-        raise NotImplementedError(f"batch_norm_act: not implemented for {input.dtype}: input must be floating point")
-    channels = input.size(1)
-    if training and not synchronised:
+def _check(input, running_mean, running_var, training, momentum, eps, synchronised=False):
+    """torch.nn.functional.batch_norm's checks of its own arguments, in its order and with its
+    exception types and wording. The op's checks (input, weight, bias, residual, devices)
+    are the C++ kernels' own (csrc/ops/batch_norm.cpp), run here only where no kernel runs."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"batch_norm_act: momentum must be a float, got {type(momentum).__name__}")
+    channels = input.size(1) if input.dim() >= 2 else None
+    if training and not synchronised and channels:
         # A variance needs two values per channel (synchronised, the count over all ranks is
         # checked instead, as SyncBatchNorm does). torch checks this before the shapes.
-        values_per_channel = input.numel() // channels if channels else 0
-        if values_per_channel == 1:
+        if input.numel() // channels == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     if training and eps <= 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
@@ -53,32 +31,31 @@ def _check(input, running_mean, running_var, weight, bias, residual, training, e
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
-    for name, tensor in (("running_mean", running_mean), ("running_var", running_var),
-                         ("weight", weight), ("bias", bias)):
-        if tensor is None:
-            continue
-        _same_place(name, tensor, input)
-        if tensor.numel() != channels:
-            raise RuntimeError(f"{name} should contain {channels} elements not {tensor.numel()}")
-    for name, tensor in (("weight", weight), ("bias", bias)):
-        if tensor is not None and tensor.dtype not in _param_dtypes(input):
-            # torch raises RuntimeError ("mixed dtype") for this pair.
-            raise RuntimeError(f"batch_norm_act: {name} has dtype {tensor.dtype} but input has {input.dtype}")
-    if residual is not None:
-        _same_place("residual", residual, input)
-        if residual.shape != input.shape:
-            raise ValueError(
-                f"batch_norm_act: residual must have the input's shape {tuple(input.shape)}, got {tuple(residual.shape)}"
-            )
-        if residual.dtype != input.dtype:
-            raise TypeError(f"batch_norm_act: residual has dtype {residual.dtype} but input has {input.dtype}")
+    if not training and channels is not None:
+        # In evaluation the running statistics reach the kernel as its mean and invstd.
+        for name, tensor in (("running_mean", running_mean), ("running_var", running_var)):
+            if tensor.numel() != channels:
+                raise RuntimeError(f"{name} should contain {channels} elements not {tensor.numel()}")
+            if tensor.device != input.device:
+                raise RuntimeError(f"batch_norm_act: {name} is on {tensor.device} but input is on {input.device}")
 
 
 def _has_kernel(input):
-    # The CPU kernels cover float32, float64 and bfloat16; float16 on CPU runs the reference.
-    if input.device.type == "cpu" and input.dtype == torch.float16:
+    # The CPU kernels cover float32, float64 and bfloat16; float16 on CPU runs the reference,
+    # and so does the 1-D empty input torch.nn.functional.batch_norm takes (no channel axis).
+    if input.device.type == "cpu" and input.dtype == torch.float16 or input.dim() < 2 and input.numel() == 0:
         return False
     return _ops.has_kernel("batch_norm_act", input.device.type)
+
+
+def _reference_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                              activation, negative_slope, residual):
+    if input.dim() >= 2:  # what the kernel would raise (the statistics only need their shape here)
+        stats = input.new_empty((input.size(1),), dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
+        _ops.check("batch_norm_act", input, weight, bias, residual, stats, stats,
+                   reference.activation_code(activation))
+    return reference.batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                    activation, negative_slope, residual)
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, momentum):
@@ -119,15 +96,15 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     """
     code = reference.activation_code(activation)
     synchronised = training and process_group is not None and dist.get_world_size(process_group) > 1
-    _check(input, running_mean, running_var, weight, bias, residual, training, eps, synchronised)
+    _check(input, running_mean, running_var, training, momentum, eps, synchronised)
     if synchronised:
         if not _has_kernel(input):
             raise NotImplementedError(f"batch_norm_act: no kernel for synchronised batch norm on {input.device.type}")
         return _SyncBatchNormAct.apply(input, weight, bias, residual, running_mean, running_var, momentum,
                                        eps, code, float(negative_slope), process_group)
     if not _has_kernel(input):
-        return reference.batch_norm_act(input, running_mean, running_var, weight, bias, training,
-                                         momentum, eps, activation, negative_slope, residual)
+        return _reference_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                         activation, negative_slope, residual)
     if training:
         with torch.no_grad():
             mean, invstd = torch.ops.cnnkit.batch_norm_train_stats(input, running_mean, running_var,

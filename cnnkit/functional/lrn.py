@@ -3,26 +3,12 @@
 import torch
 
 from cnnkit import _ops, reference
-from cnnkit.reference.lrn import CONVENTIONS
 
 
-def _check(input, size, convention):
-    if convention not in CONVENTIONS:
-        raise ValueError(f"local_response_norm: convention must be one of {CONVENTIONS}, got {convention!r}")
-    if input.dim() < 3:
-        raise ValueError(f"Expected 3D or higher dimensionality input (got {input.dim()} dimensions)")
-    if not input.is_floating_point():
-        raise ValueError(f"local_response_norm: input must be a floating-point tensor, got {input.dtype}")
-    if input.size(1) == 0:
-        raise ValueError(f"local_response_norm: input must have at least one channel (dimension 1), got shape {tuple(input.shape)}")
+def _check_size(size):
+    # The op's schema would take a float or a bool for `size` as an int.
     if not isinstance(size, int) or isinstance(size, bool):
         raise TypeError(f"local_response_norm: size must be an int, got {type(size).__name__}")
-    smallest = 0 if convention == "tf" else 1
-    if size < smallest:
-        what = "size (the depth radius with the 'tf' convention)" if convention == "tf" else "size"
-        raise ValueError(f"local_response_norm: {what} must be >= {smallest}, got {size}")
-    if convention == "caffe" and size % 2 == 0:
-        raise ValueError(f"local_response_norm: size must be odd with the 'caffe' convention, got {size}")
 
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch"):
@@ -49,7 +35,8 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, convention
     CUDA), contiguous or channels_last, with a hand-written backward; elsewhere it falls back
     to cnnkit.reference.
     """
-    _check(input, size, convention)
+    _check_size(size)
     if _ops.has_kernel("local_response_norm", input.device.type):
         return torch.ops.cnnkit.local_response_norm(input, size, alpha, beta, k, convention)
+    _ops.check("local_response_norm", input, size, k, convention)  # what the kernel would raise
     return reference.local_response_norm(input, size, alpha, beta, k, convention)

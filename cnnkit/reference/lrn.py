@@ -23,7 +23,10 @@ def lrn_alpha_coefficient(size, alpha, convention):
 
 
 def window_sum(values, before, after):
-    """Sums `values` (N, C, *) over the channel window [c - before, c + after], zero-padded."""
+    """Sums `values` (N, C, *) over the channel window [c - before, c + after], zero-padded
+    (a reach beyond the last channel adds only padding, so it is cut to C - 1)."""
+    reach = max(values.size(1) - 1, 0)
+    before, after = min(before, reach), min(after, reach)
     channels_last = values.movedim(1, -1)
     padded = torch.nn.functional.pad(channels_last, (before, after))
     return padded.unfold(-1, before + after + 1, 1).sum(-1).movedim(-1, 1)

@@ -10,6 +10,7 @@ checksum says so and the one before it is used.
 """
 
 import collections
+import contextlib
 import glob
 import hashlib
 import io
@@ -23,6 +24,9 @@ MAGIC = b"CNNKITCKPT\x00\x01"
 HEADER = struct.Struct(f"<{len(MAGIC)}s32sQ")
 CHECKPOINT_GLOB = "checkpoint-e*-s*.pt"
 CHECKPOINT_RE = re.compile(r"checkpoint-e(\d+)-s(\d+)\.pt$")
+# save_checkpoint writes to <name> + TEMPORARY_SUFFIX + <its pid> first.
+TEMPORARY_SUFFIX = ".tmp-"
+TEMPORARY_RE = re.compile(r"checkpoint-e\d+-s\d+\.pt\.tmp-(\d+)$")
 SUPERSEDED_DIR = "superseded"  # where checkpoints another run left in a run directory go
 # Schedulers' state dicts hold these besides tensors and plain containers.
 SAFE_GLOBALS = [collections.Counter]
@@ -57,7 +61,7 @@ def save_checkpoint(state, path):
     payload = buffer.getvalue()
     header = HEADER.pack(MAGIC, hashlib.sha256(payload).digest(), len(payload))
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = f"{path}.tmp-{os.getpid()}"
+    temporary = f"{path}{TEMPORARY_SUFFIX}{os.getpid()}"
     try:
         with open(temporary, "wb") as file:
             file.write(header)
@@ -90,10 +94,11 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path}: not a cnnkit checkpoint (bad header)")
     _, digest, length = HEADER.unpack_from(data)
     payload = memoryview(data)[HEADER.size:]
-    if len(payload) != length:
-        raise CheckpointError(
-            f"{path}: truncated checkpoint ({len(payload)} of {length} bytes)"
-        )
+    if len(payload) < length:
+        raise CheckpointError(f"{path}: truncated checkpoint ({len(payload)} of {length} bytes)")
+    if len(payload) > length:
+        raise CheckpointError(f"{path}: {len(payload) - length} trailing bytes after the checkpoint's "
+                              f"{length}; the file was appended to or overwritten in part")
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt")
     try:
@@ -101,6 +106,29 @@ def load_checkpoint(path, map_location="cpu"):
             return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as error:  # checksum fine, content unreadable: written by something else
         raise CheckpointError(f"{path}: unreadable checkpoint content ({error})") from None
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory):
+    """Delete the temporary files that writers killed mid-write left in `directory` (those
+    whose process is gone; a live writer's file is left alone). Returns their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(os.fspath(directory), f"checkpoint-*{TEMPORARY_SUFFIX}*")):
+        match = TEMPORARY_RE.search(path)
+        if match and int(match.group(1)) != os.getpid() and not _process_exists(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 def describe_load_error(error):

@@ -13,11 +13,15 @@ from .metrics import ClassificationMeter
 from .pipeline import InputPipeline
 
 
+def _warn_skipped(error):
+    warnings.warn(f"{error}; using the previous checkpoint", stacklevel=3)
+
+
 def load_model_checkpoint(source):
     """(path, state) of a checkpoint file, or of a run directory's newest intact one."""
     source = os.fspath(source)
     if os.path.isdir(source):
-        return ckpt.load_latest_checkpoint(source)
+        return ckpt.load_latest_checkpoint(source, on_skip=_warn_skipped)
     state = ckpt.load_checkpoint(source)
     if not isinstance(state, dict) or "model_name" not in state or "model" not in state:
         raise ckpt.CheckpointError(f"{source}: not a cnnkit training checkpoint")

@@ -396,6 +396,9 @@ class Trainer:
         else:
             self._set_aside_other_checkpoints(resume_path)
         if self.process.is_main:
+            stale = ckpt.remove_stale_temporaries(config.output)
+            if stale:
+                self.say(f"note: removed {len(stale)} partly written checkpoint(s) of killed runs")
             self.records = RunRecords(config.output)
         if self.state is not None:
             start_epoch, start_step = self._restore(resume_path, self.state)

@@ -41,46 +41,62 @@ inline void for_each_tile(int64_t n, const Fn& fn) {
   for (int64_t t = 0; t < n; t += kMaskTile) fn(t, std::min(kMaskTile, n - t));
 }
 
+// Parallel tasks of a reduction: enough for every thread of a many-core CPU, and fixed, not
+// taken from the thread count: the tasks' partial results, and so the rounding (and, near
+// float's range, an overflow of a partial variance), never depend on the threads.
+constexpr int64_t kReductionTasks = 64;
+
 // Number of batch slices per channel so that channels * slices gives every thread work.
 int64_t batch_slices(int64_t batch, int64_t channels) {
   if (channels == 0) return 1;  // nothing to reduce
-  const int64_t wanted = (4 * at::get_num_threads() + channels - 1) / channels;
+  const int64_t wanted = (kReductionTasks + channels - 1) / channels;
   return std::max<int64_t>(1, std::min(batch, wanted));
+}
+
+// Number of slices of the positions of a channels-last reduction.
+int64_t position_slices(int64_t positions) {
+  return std::max<int64_t>(1, std::min<int64_t>((positions + kStatsBlock - 1) / kStatsBlock, kReductionTasks));
 }
 
 // The statistics kernels work on x - pivot, pivot being one of the channel's own values:
 // means of blocks then sit near zero, where float keeps their differences exact enough
-// for the merge, even for data far from zero (mean 1000, std 0.01).
+// for the merge, even for data far from zero (mean 1000, std 0.01). Each value enters its
+// row's sums already divided by the row's length, so the sums overflow only where the mean
+// or the variance itself does: float data near 1e19 has a finite variance, while its sum
+// of squares is out of range.
 
-// sum(x - pivot) over a row.
+// mean(x - pivot) over a row.
 template <typename scalar_t>
-opmath_t<scalar_t> row_sum(const scalar_t* x, int64_t n, opmath_t<scalar_t> pivot) {
+opmath_t<scalar_t> row_mean(const scalar_t* x, int64_t n, opmath_t<scalar_t> pivot) {
+  using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
-  const Vec vpivot(pivot);
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(n);
+  const Vec vpivot(pivot), vinv_n(inv_n);
   Vec acc(0);
   int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) acc += load_opmath(x + i) - vpivot;
-  opmath_t<scalar_t> sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
-  for (; i < n; ++i) sum += static_cast<opmath_t<scalar_t>>(x[i]) - pivot;
+  for (; i + Vec::size() <= n; i += Vec::size()) acc = at::vec::fmadd(load_opmath(x + i) - vpivot, vinv_n, acc);
+  acc_t sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
+  for (; i < n; ++i) sum += (static_cast<acc_t>(x[i]) - pivot) * inv_n;
   return sum;
 }
 
-// sum((x - pivot - mean)^2) over a row, mean being that of x - pivot.
+// mean((x - pivot - mean)^2) over a row, mean being that of x - pivot.
 template <typename scalar_t>
-opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<scalar_t> pivot,
-                                         opmath_t<scalar_t> mean) {
+opmath_t<scalar_t> row_variance(const scalar_t* x, int64_t n, opmath_t<scalar_t> pivot, opmath_t<scalar_t> mean) {
+  using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
-  const Vec vpivot(pivot), vmean(mean);
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(n);
+  const Vec vpivot(pivot), vmean(mean), vinv_n(inv_n);
   Vec acc(0);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec d = (load_opmath(x + i) - vpivot) - vmean;
-    acc = at::vec::fmadd(d, d, acc);
+    acc = at::vec::fmadd(d * vinv_n, d, acc);
   }
-  opmath_t<scalar_t> sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
+  acc_t sum = at::vec::vec_reduce_all([](Vec a, Vec b) { return a + b; }, acc);
   for (; i < n; ++i) {
-    const opmath_t<scalar_t> d = (static_cast<opmath_t<scalar_t>>(x[i]) - pivot) - mean;
-    sum += d * d;
+    const acc_t d = (static_cast<acc_t>(x[i]) - pivot) - mean;
+    sum += d * inv_n * d;
   }
   return sum;
 }
@@ -89,93 +105,101 @@ opmath_t<scalar_t> row_squared_deviation(const scalar_t* x, int64_t n, opmath_t<
 
 template <typename scalar_t>
 void stats_channels_first(const scalar_t* x, const DenseLayout& l, const opmath_t<scalar_t>* pivot,
-                          opmath_t<scalar_t>* mean, opmath_t<scalar_t>* m2, int64_t* count) {
+                          opmath_t<scalar_t>* mean, opmath_t<scalar_t>* var, int64_t* count) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = l.channels, S = l.positions;
   const int64_t slices = batch_slices(l.batch, C);
-  std::vector<acc_t> part_mean(C * slices, 0), part_m2(C * slices, 0);
+  std::vector<acc_t> part_mean(C * slices, 0), part_var(C * slices, 0);
   std::vector<int64_t> part_count(C * slices, 0);
   at::parallel_for(0, C * slices, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task / slices, slice = task % slices;
-      acc_t task_mean = 0, task_m2 = 0;
+      acc_t task_mean = 0, task_var = 0;
       int64_t task_count = 0;
       for (int64_t n = l.batch * slice / slices; n < l.batch * (slice + 1) / slices; ++n) {
         const scalar_t* row = x + (n * C + c) * S;
-        const acc_t row_mean = row_sum(row, S, pivot[c]) / static_cast<acc_t>(S);
-        bn::merge_moments(task_mean, task_m2, task_count, row_mean,
-                          row_squared_deviation(row, S, pivot[c], row_mean), S);
+        const acc_t mean_of_row = row_mean(row, S, pivot[c]);
+        bn::merge_moments(task_mean, task_var, task_count, mean_of_row,
+                          row_variance(row, S, pivot[c], mean_of_row), S);
       }
       part_mean[task] = task_mean;
-      part_m2[task] = task_m2;
+      part_var[task] = task_var;
       part_count[task] = task_count;
     }
   });
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t s = 0; s < slices; ++s) {
       const int64_t task = c * slices + s;
-      bn::merge_moments(mean[c], m2[c], count[c], part_mean[task], part_m2[task], part_count[task]);
+      bn::merge_moments(mean[c], var[c], count[c], part_mean[task], part_var[task], part_count[task]);
     }
   }
 }
 
 template <typename scalar_t>
 void stats_channels_last(const scalar_t* x, const DenseLayout& l, const opmath_t<scalar_t>* pivot,
-                         opmath_t<scalar_t>* mean, opmath_t<scalar_t>* m2, int64_t* count) {
+                         opmath_t<scalar_t>* mean, opmath_t<scalar_t>* var, int64_t* count) {
   using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
   const int64_t C = l.channels, P = l.batch * l.positions;
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(P, at::get_num_threads()));
-  // Per slice: running mean and m2 per channel (all channels share the count), and the
-  // block's mean and m2.
+  const int64_t slices = position_slices(P);
+  // Per slice: running mean and variance per channel (all channels share the count), and
+  // the block's mean and variance.
   std::vector<acc_t> part(4 * C * slices, 0);
   std::vector<int64_t> part_count(slices, 0);
   at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
     for (int64_t slice = begin; slice < end; ++slice) {
       acc_t* run_mean = part.data() + 4 * C * slice;
-      acc_t* run_m2 = run_mean + C;
-      acc_t* block_mean = run_m2 + C;
-      acc_t* block_m2 = block_mean + C;
+      acc_t* run_var = run_mean + C;
+      acc_t* block_mean = run_var + C;
+      acc_t* block_var = block_mean + C;
       int64_t run_count = 0;
       const int64_t p_end = P * (slice + 1) / slices;
       for (int64_t p0 = P * slice / slices; p0 < p_end; p0 += kStatsBlock) {
         const int64_t rows = std::min(kStatsBlock, p_end - p0);
         const acc_t inv_rows = acc_t(1) / static_cast<acc_t>(rows);
+        const Vec vinv_rows(inv_rows);
         std::fill(block_mean, block_mean + 2 * C, acc_t(0));
         for (int64_t p = p0; p < p0 + rows; ++p) {
           const scalar_t* row = x + p * C;
           int64_t c = 0;
           for (; c + Vec::size() <= C; c += Vec::size())
-            (Vec::loadu(block_mean + c) + (load_opmath(row + c) - Vec::loadu(pivot + c))).store(block_mean + c);
-          for (; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]) - pivot[c];
+            at::vec::fmadd(load_opmath(row + c) - Vec::loadu(pivot + c), vinv_rows, Vec::loadu(block_mean + c))
+                .store(block_mean + c);
+          for (; c < C; ++c) block_mean[c] += (static_cast<acc_t>(row[c]) - pivot[c]) * inv_rows;
         }
-        for (int64_t c = 0; c < C; ++c) block_mean[c] *= inv_rows;
         for (int64_t p = p0; p < p0 + rows; ++p) {
           const scalar_t* row = x + p * C;
           int64_t c = 0;
           for (; c + Vec::size() <= C; c += Vec::size()) {
             const Vec d = (load_opmath(row + c) - Vec::loadu(pivot + c)) - Vec::loadu(block_mean + c);
-            at::vec::fmadd(d, d, Vec::loadu(block_m2 + c)).store(block_m2 + c);
+            at::vec::fmadd(d * vinv_rows, d, Vec::loadu(block_var + c)).store(block_var + c);
           }
           for (; c < C; ++c) {
             const acc_t d = (static_cast<acc_t>(row[c]) - pivot[c]) - block_mean[c];
-            block_m2[c] += d * d;
+            block_var[c] += d * inv_rows * d;
           }
         }
-        // Chan's merge with the counts shared by every channel (bn::merge_moments per lane).
-        const acc_t share = static_cast<acc_t>(rows) / static_cast<acc_t>(run_count + rows);
-        const acc_t cross = static_cast<acc_t>(run_count) * share;
+        if (run_count == 0) {  // bn::merge_moments' first merge: a copy
+          std::copy(block_mean, block_mean + 2 * C, run_mean);
+          run_count = rows;
+          continue;
+        }
+        // bn::merge_moments per lane, with the counts shared by every channel.
+        const acc_t share = static_cast<acc_t>(run_count) / static_cast<acc_t>(run_count + rows);
+        const acc_t block_share = static_cast<acc_t>(rows) / static_cast<acc_t>(run_count + rows);
+        const Vec vshare(share), vblock_share(block_share);
         int64_t c = 0;
         for (; c + Vec::size() <= C; c += Vec::size()) {
           const Vec delta = Vec::loadu(block_mean + c) - Vec::loadu(run_mean + c);
-          at::vec::fmadd(delta, Vec(share), Vec::loadu(run_mean + c)).store(run_mean + c);
-          (Vec::loadu(run_m2 + c) + Vec::loadu(block_m2 + c) + delta * delta * Vec(cross))
-              .store(run_m2 + c);
+          at::vec::fmadd(delta, vblock_share, Vec::loadu(run_mean + c)).store(run_mean + c);
+          (Vec::loadu(run_var + c) * vshare + Vec::loadu(block_var + c) * vblock_share +
+           (delta * vshare) * (delta * vblock_share))
+              .store(run_var + c);
         }
         for (; c < C; ++c) {
           const acc_t delta = block_mean[c] - run_mean[c];
-          run_mean[c] += delta * share;
-          run_m2[c] += block_m2[c] + delta * delta * cross;
+          run_mean[c] += delta * block_share;
+          run_var[c] = run_var[c] * share + block_var[c] * block_share + (delta * share) * (delta * block_share);
         }
         run_count += rows;
       }
@@ -185,7 +209,7 @@ void stats_channels_last(const scalar_t* x, const DenseLayout& l, const opmath_t
   for (int64_t s = 0; s < slices; ++s) {
     const acc_t* run_mean = part.data() + 4 * C * s;
     for (int64_t c = 0; c < C; ++c)
-      bn::merge_moments(mean[c], m2[c], count[c], run_mean[c], run_mean[C + c], part_count[s]);
+      bn::merge_moments(mean[c], var[c], count[c], run_mean[c], run_mean[C + c], part_count[s]);
   }
 }
 
@@ -208,16 +232,13 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_
         pivot[c] = static_cast<acc_t>(x[layout.channels_last ? c : c * layout.positions]);
     }
     acc_t* mean_data = mean.data_ptr<acc_t>();
-    acc_t* m2_data = var.data_ptr<acc_t>();
+    acc_t* var_data = var.data_ptr<acc_t>();
     if (layout.channels_last) {
-      stats_channels_last(x, layout, pivot.data(), mean_data, m2_data, count.data());
+      stats_channels_last(x, layout, pivot.data(), mean_data, var_data, count.data());
     } else {
-      stats_channels_first(x, layout, pivot.data(), mean_data, m2_data, count.data());
+      stats_channels_first(x, layout, pivot.data(), mean_data, var_data, count.data());
     }
-    for (int64_t c = 0; c < C; ++c) {
-      mean_data[c] = count[c] > 0 ? mean_data[c] + pivot[c] : acc_t(0);
-      m2_data[c] = count[c] > 0 ? m2_data[c] / static_cast<acc_t>(count[c]) : acc_t(0);
-    }
+    for (int64_t c = 0; c < C; ++c) mean_data[c] = count[c] > 0 ? mean_data[c] + pivot[c] : acc_t(0);
   });
   return {mean, var};
 }
@@ -226,6 +247,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_train_stats_cpu(const at::Tensor& 
                                                               const c10::optional<at::Tensor>& running_mean,
                                                               const c10::optional<at::Tensor>& running_var,
                                                               double momentum, double eps) {
+  check_running_stats(input, running_mean, running_var);
   auto [mean, var] = batch_norm_stats_cpu(input);
   const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);
   return batch_norm_finish_train_stats(mean, var, count, running_mean, running_var, momentum, eps);
@@ -248,21 +270,46 @@ inline void sign_to_mask(const acc_t* __restrict pre, int64_t n, bool* __restric
 }
 
 
-// One span of `n` values: a row of one channel (kPerLane false: coefficients [0]) or a
-// position's channels (kPerLane true: coefficients [i]).
-// `pre_out`, when given, receives the pre-activation values (to become the saved mask).
+// The per-channel arrays of pre = (x - mean) * scale + bias (bn::normalize), from a span's
+// first channel: [0] for a row of one channel, [i] for lane i of a position's channels.
+template <typename acc_t>
+struct Normalize {
+  const acc_t* mean;
+  const acc_t* scale;
+  const acc_t* bias;
+  Normalize from(int64_t channel) const { return {mean + channel, scale + channel, bias + channel}; }
+};
+
+// Per-channel values of a span as a vector at lane offset i: broadcast (one channel) or loaded.
+template <bool kPerLane, typename acc_t>
+inline at::vec::Vectorized<acc_t> lanes(const acc_t* values, int64_t i) {
+  return kPerLane ? at::vec::Vectorized<acc_t>::loadu(values + i) : at::vec::Vectorized<acc_t>(values[0]);
+}
+
+template <bool kPerLane, typename scalar_t>
+inline OpVec<scalar_t> pre_vec(const scalar_t* x, int64_t i, const Normalize<opmath_t<scalar_t>>& nz) {
+  return at::vec::fmadd(load_opmath(x + i) - lanes<kPerLane>(nz.mean, i), lanes<kPerLane>(nz.scale, i),
+                        lanes<kPerLane>(nz.bias, i));
+}
+
+template <bool kPerLane, typename scalar_t>
+inline opmath_t<scalar_t> pre_scalar(const scalar_t* x, int64_t i, const Normalize<opmath_t<scalar_t>>& nz) {
+  const int64_t k = kPerLane ? i : 0;
+  return bn::normalize(static_cast<opmath_t<scalar_t>>(x[i]), nz.mean[k], nz.scale[k], nz.bias[k]);
+}
+
+// One span of `n` values: a row of one channel (kPerLane false) or a position's channels
+// (kPerLane true). `pre_out`, when given, receives the pre-activation values (to become the
+// saved mask).
 template <bool kPerLane, typename scalar_t>
 void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, opmath_t<scalar_t>* pre_out, int64_t n,
-                  const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                  int64_t activation, opmath_t<scalar_t> slope) {
+                  const Normalize<opmath_t<scalar_t>>& nz, int64_t activation, opmath_t<scalar_t> slope) {
   using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
-  const Vec zero(0), vslope(slope), vscale(scale[0]), vshift(shift[0]);
+  const Vec zero(0), vslope(slope);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec a = kPerLane ? Vec::loadu(scale + i) : vscale;
-    const Vec b = kPerLane ? Vec::loadu(shift + i) : vshift;
-    Vec pre = at::vec::fmadd(load_opmath(x + i), a, b);
+    Vec pre = pre_vec<kPerLane>(x, i, nz);
     if (residual) pre += load_opmath(residual + i);
     Vec out = pre;
     if (activation == bn::kRelu) out = at::vec::maximum(pre, zero);
@@ -271,8 +318,7 @@ void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, opma
     if (pre_out) pre.store(pre_out + i);
   }
   for (; i < n; ++i) {
-    const int64_t k = kPerLane ? i : 0;
-    acc_t pre = static_cast<acc_t>(x[i]) * scale[k] + shift[k];
+    acc_t pre = pre_scalar<kPerLane>(x, i, nz);
     if (residual) pre += static_cast<acc_t>(residual[i]);
     y[i] = static_cast<scalar_t>(bn::activate(pre, activation, slope));
     if (pre_out) pre_out[i] = pre;
@@ -281,27 +327,25 @@ void forward_span(const scalar_t* x, const scalar_t* residual, scalar_t* y, opma
 
 template <bool kPerLane, typename scalar_t>
 void forward_span_with_mask(const scalar_t* x, const scalar_t* residual, scalar_t* y, bool* mask, int64_t n,
-                            const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                            int64_t activation, opmath_t<scalar_t> slope) {
-  if (!mask) return forward_span<kPerLane>(x, residual, y, nullptr, n, scale, shift, activation, slope);
+                            const Normalize<opmath_t<scalar_t>>& nz, int64_t activation, opmath_t<scalar_t> slope) {
+  if (!mask) return forward_span<kPerLane>(x, residual, y, nullptr, n, nz, activation, slope);
   alignas(64) opmath_t<scalar_t> pre[kMaskTile];
   for_each_tile(n, [&](int64_t t, int64_t len) {
-    const int64_t k = kPerLane ? t : 0;
-    forward_span<kPerLane>(x + t, residual ? residual + t : nullptr, y + t, pre, len, scale + k, shift + k,
+    forward_span<kPerLane>(x + t, residual ? residual + t : nullptr, y + t, pre, len, nz.from(kPerLane ? t : 0),
                            activation, slope);
     sign_to_mask(pre, len, mask + t);
   });
 }
 
-// The per-channel coefficients of the forward: pre = x * scale + shift.
+// The per-channel scale of the forward, weight * invstd, and the arrays of pre around it.
 template <typename acc_t>
-void forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
+Normalize<acc_t> forward_coefficients(const ChannelParams& p, std::vector<acc_t>& scale) {
   const int64_t C = p.mean.numel();
+  const acc_t* invstd = p.invstd.data_ptr<acc_t>();
+  const acc_t* weight = p.weight.data_ptr<acc_t>();
   scale.resize(C);
-  shift.resize(C);
-  for (int64_t c = 0; c < C; ++c)
-    bn::forward_coefficients(p.mean.data_ptr<acc_t>()[c], p.invstd.data_ptr<acc_t>()[c],
-                             p.weight.data_ptr<acc_t>()[c], p.bias.data_ptr<acc_t>()[c], scale[c], shift[c]);
+  for (int64_t c = 0; c < C; ++c) scale[c] = weight[c] * invstd[c];
+  return {p.mean.data_ptr<acc_t>(), scale.data(), p.bias.data_ptr<acc_t>()};
 }
 
 // Runs fn(offset, n, c, per_lane) in parallel over the spans of the elementwise passes: the
@@ -332,8 +376,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
   const BatchNormActTensors t = batch_norm_act_tensors(input, weight, bias, residual, mean, invstd, activation);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act", [&] {
     using acc_t = opmath_t<scalar_t>;
-    std::vector<acc_t> scale, shift;
-    forward_coefficients(t.params, scale, shift);
+    std::vector<acc_t> scale;
+    const Normalize<acc_t> nz = forward_coefficients(t.params, scale);
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const scalar_t* r = t.residual.defined() ? t.residual.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = t.output.data_ptr<scalar_t>();
@@ -341,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
     const acc_t slope = static_cast<acc_t>(negative_slope);
     for_each_span(t.layout, [&](int64_t o, int64_t n, int64_t c, auto per_lane) {
       forward_span_with_mask<decltype(per_lane)::value>(x + o, r ? r + o : nullptr, y + o, m ? m + o : nullptr, n,
-                                                        scale.data() + c, shift.data() + c, activation, slope);
+                                                        nz.from(c), activation, slope);
     });
   });
   return {t.output, t.mask};
@@ -353,20 +397,12 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
 // from it (+1 or -1 per element: the saved mask).
 template <bool kPerLane, typename scalar_t>
 inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, int64_t i,
-                                const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                                int64_t activation, opmath_t<scalar_t> slope) {
-  using acc_t = opmath_t<scalar_t>;
+                                const Normalize<opmath_t<scalar_t>>& nz, int64_t activation,
+                                opmath_t<scalar_t> slope) {
   using Vec = OpVec<scalar_t>;
   const Vec g = load_opmath(dy + i);
   if (activation == bn::kIdentity) return g;
-  Vec pre;
-  if (sign) {
-    pre = Vec::loadu(sign + i);
-  } else {
-    const Vec a = kPerLane ? Vec::loadu(scale + i) : Vec(scale[0]);
-    const Vec b = kPerLane ? Vec::loadu(shift + i) : Vec(shift[0]);
-    pre = at::vec::fmadd(load_opmath(x + i), a, b);
-  }
+  const Vec pre = sign ? Vec::loadu(sign + i) : pre_vec<kPerLane>(x, i, nz);
   const Vec zero(0);
   const Vec negative = activation == bn::kRelu ? zero : g * Vec(slope);
   return Vec::blendv(negative, g, pre > zero);
@@ -374,11 +410,10 @@ inline OpVec<scalar_t> grad_vec(const scalar_t* dy, const scalar_t* x, const opm
 
 template <bool kPerLane, typename scalar_t>
 inline opmath_t<scalar_t> grad_scalar(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, int64_t i,
-                                      const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                                      int64_t activation, opmath_t<scalar_t> slope) {
+                                      const Normalize<opmath_t<scalar_t>>& nz, int64_t activation,
+                                      opmath_t<scalar_t> slope) {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t k = kPerLane ? i : 0;
-  const bool positive = sign ? sign[i] > acc_t(0) : static_cast<acc_t>(x[i]) * scale[k] + shift[k] > acc_t(0);
+  const bool positive = sign ? sign[i] > acc_t(0) : pre_scalar<kPerLane>(x, i, nz) > acc_t(0);
   return bn::activation_grad(static_cast<acc_t>(dy[i]), positive, activation, slope);
 }
 
@@ -386,17 +421,15 @@ inline opmath_t<scalar_t> grad_scalar(const scalar_t* dy, const scalar_t* x, con
 // or to sum_g[i] and sum_gx[i] per lane (kPerLane true).
 template <bool kPerLane, typename scalar_t>
 void reduce_span(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, int64_t n,
-                 const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                 const opmath_t<scalar_t>* mean, int64_t activation, opmath_t<scalar_t> slope,
+                 const Normalize<opmath_t<scalar_t>>& nz, int64_t activation, opmath_t<scalar_t> slope,
                  opmath_t<scalar_t>* sum_g, opmath_t<scalar_t>* sum_gx) {
   using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
   Vec acc_g(0), acc_gx(0);
-  const Vec vmean(mean[0]);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec g = grad_vec<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
-    const Vec centered = load_opmath(x + i) - (kPerLane ? Vec::loadu(mean + i) : vmean);
+    const Vec g = grad_vec<kPerLane>(dy, x, sign, i, nz, activation, slope);
+    const Vec centered = load_opmath(x + i) - lanes<kPerLane>(nz.mean, i);
     if (kPerLane) {
       (Vec::loadu(sum_g + i) + g).store(sum_g + i);
       at::vec::fmadd(g, centered, Vec::loadu(sum_gx + i)).store(sum_gx + i);
@@ -408,8 +441,8 @@ void reduce_span(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>
   acc_t tail_g = 0, tail_gx = 0;
   for (; i < n; ++i) {
     const int64_t k = kPerLane ? i : 0;
-    const acc_t g = grad_scalar<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
-    const acc_t gx = g * (static_cast<acc_t>(x[i]) - mean[k]);
+    const acc_t g = grad_scalar<kPerLane>(dy, x, sign, i, nz, activation, slope);
+    const acc_t gx = g * (static_cast<acc_t>(x[i]) - nz.mean[k]);
     if (kPerLane) {
       sum_g[i] += g;
       sum_gx[i] += gx;
@@ -425,19 +458,16 @@ void reduce_span(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>
   }
 }
 
-
 template <bool kPerLane, typename scalar_t>
 void reduce_span_with_mask(const scalar_t* dy, const scalar_t* x, const bool* mask, int64_t n,
-                           const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                           const opmath_t<scalar_t>* mean, int64_t activation, opmath_t<scalar_t> slope,
+                           const Normalize<opmath_t<scalar_t>>& nz, int64_t activation, opmath_t<scalar_t> slope,
                            opmath_t<scalar_t>* sum_g, opmath_t<scalar_t>* sum_gx) {
-  if (!mask) return reduce_span<kPerLane>(dy, x, nullptr, n, scale, shift, mean, activation, slope, sum_g, sum_gx);
+  if (!mask) return reduce_span<kPerLane>(dy, x, nullptr, n, nz, activation, slope, sum_g, sum_gx);
   alignas(64) opmath_t<scalar_t> sign[kMaskTile];
   for_each_tile(n, [&](int64_t t, int64_t len) {
     const int64_t k = kPerLane ? t : 0;
     mask_to_sign(mask + t, len, sign);
-    reduce_span<kPerLane>(dy + t, x + t, sign, len, scale + k, shift + k, mean + k, activation, slope,
-                          sum_g + k, sum_gx + k);
+    reduce_span<kPerLane>(dy + t, x + t, sign, len, nz.from(k), activation, slope, sum_g + k, sum_gx + k);
   });
 }
 
@@ -455,9 +485,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act_backward_reduce", [&] {
     using acc_t = opmath_t<scalar_t>;
     const int64_t C = l.channels;
-    std::vector<acc_t> scale, shift;
-    forward_coefficients(t.params, scale, shift);
-    const acc_t* mu = t.params.mean.data_ptr<acc_t>();
+    std::vector<acc_t> scale;
+    const Normalize<acc_t> nz = forward_coefficients(t.params, scale);
     const scalar_t* dy = t.grad_output.const_data_ptr<scalar_t>();
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const bool* m = t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr;
@@ -466,15 +495,15 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
     acc_t* out_gx = sum_gx.data_ptr<acc_t>();
     if (l.channels_last) {
       const int64_t P = l.batch * l.positions;
-      const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(P, at::get_num_threads()));
+      const int64_t slices = position_slices(P);
       std::vector<acc_t> part(2 * C * slices, 0);
       at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
         for (int64_t slice = begin; slice < end; ++slice) {
           acc_t* part_g = part.data() + 2 * C * slice;
           for (int64_t p = P * slice / slices; p < P * (slice + 1) / slices; ++p) {
             const int64_t o = p * C;
-            reduce_span_with_mask<true>(dy + o, x + o, m ? m + o : nullptr, C, scale.data(), shift.data(), mu,
-                              activation, slope, part_g, part_g + C);
+            reduce_span_with_mask<true>(dy + o, x + o, m ? m + o : nullptr, C, nz, activation, slope, part_g,
+                                        part_g + C);
           }
         }
       });
@@ -492,8 +521,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
           const int64_t c = task / slices, slice = task % slices;
           for (int64_t n = l.batch * slice / slices; n < l.batch * (slice + 1) / slices; ++n) {
             const int64_t o = (n * C + c) * S;
-            reduce_span_with_mask<false>(dy + o, x + o, m ? m + o : nullptr, S, scale.data() + c, shift.data() + c,
-                               mu + c, activation, slope, &part[2 * task], &part[2 * task + 1]);
+            reduce_span_with_mask<false>(dy + o, x + o, m ? m + o : nullptr, S, nz.from(c), activation, slope,
+                                         &part[2 * task], &part[2 * task + 1]);
           }
         }
       });
@@ -506,44 +535,50 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
   return {sum_g, sum_gx};
 }
 
-// dx = g * k1 + x * k2 + k3 and, when wanted, grad_residual = g over one span.
+// The per-channel arrays of bn::grad_input, from a span's first channel.
+template <typename acc_t>
+struct GradInput {
+  const acc_t* mean_grad;
+  const acc_t* grad_scale;
+  const acc_t* projection;
+  GradInput from(int64_t channel) const { return {mean_grad + channel, grad_scale + channel, projection + channel}; }
+};
+
+// dx (bn::grad_input) and, when wanted, grad_residual = g over one span.
 template <bool kPerLane, typename scalar_t>
 void apply_span(const scalar_t* dy, const scalar_t* x, const opmath_t<scalar_t>* sign, scalar_t* dx, scalar_t* dr,
-                int64_t n, const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                const opmath_t<scalar_t>* k1, const opmath_t<scalar_t>* k2, const opmath_t<scalar_t>* k3,
+                int64_t n, const Normalize<opmath_t<scalar_t>>& nz, const GradInput<opmath_t<scalar_t>>& gi,
                 int64_t activation, opmath_t<scalar_t> slope) {
   using acc_t = opmath_t<scalar_t>;
   using Vec = OpVec<scalar_t>;
-  const Vec v1(k1[0]), v2(k2[0]), v3(k3[0]);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec g = grad_vec<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
-    const Vec a = kPerLane ? Vec::loadu(k1 + i) : v1;
-    const Vec b = kPerLane ? Vec::loadu(k2 + i) : v2;
-    const Vec c = kPerLane ? Vec::loadu(k3 + i) : v3;
-    store_opmath(dx + i, at::vec::fmadd(g, a, at::vec::fmadd(load_opmath(x + i), b, c)));
+    const Vec g = grad_vec<kPerLane>(dy, x, sign, i, nz, activation, slope);
+    const Vec centered = load_opmath(x + i) - lanes<kPerLane>(nz.mean, i);
+    const Vec dxhat = (g - lanes<kPerLane>(gi.mean_grad, i)) - centered * lanes<kPerLane>(gi.projection, i);
+    store_opmath(dx + i, dxhat * lanes<kPerLane>(gi.grad_scale, i));
     if (dr) store_opmath(dr + i, g);
   }
   for (; i < n; ++i) {
     const int64_t k = kPerLane ? i : 0;
-    const acc_t g = grad_scalar<kPerLane>(dy, x, sign, i, scale, shift, activation, slope);
-    dx[i] = static_cast<scalar_t>(g * k1[k] + static_cast<acc_t>(x[i]) * k2[k] + k3[k]);
+    const acc_t g = grad_scalar<kPerLane>(dy, x, sign, i, nz, activation, slope);
+    dx[i] = static_cast<scalar_t>(
+        bn::grad_input(g, static_cast<acc_t>(x[i]), nz.mean[k], gi.mean_grad[k], gi.grad_scale[k], gi.projection[k]));
     if (dr) dr[i] = static_cast<scalar_t>(g);
   }
 }
 
 template <bool kPerLane, typename scalar_t>
 void apply_span_with_mask(const scalar_t* dy, const scalar_t* x, const bool* mask, scalar_t* dx, scalar_t* dr,
-                          int64_t n, const opmath_t<scalar_t>* scale, const opmath_t<scalar_t>* shift,
-                          const opmath_t<scalar_t>* k1, const opmath_t<scalar_t>* k2, const opmath_t<scalar_t>* k3,
+                          int64_t n, const Normalize<opmath_t<scalar_t>>& nz, const GradInput<opmath_t<scalar_t>>& gi,
                           int64_t activation, opmath_t<scalar_t> slope) {
-  if (!mask) return apply_span<kPerLane>(dy, x, nullptr, dx, dr, n, scale, shift, k1, k2, k3, activation, slope);
+  if (!mask) return apply_span<kPerLane>(dy, x, nullptr, dx, dr, n, nz, gi, activation, slope);
   alignas(64) opmath_t<scalar_t> sign[kMaskTile];
   for_each_tile(n, [&](int64_t t, int64_t len) {
     const int64_t k = kPerLane ? t : 0;
     mask_to_sign(mask + t, len, sign);
-    apply_span<kPerLane>(dy + t, x + t, sign, dx + t, dr ? dr + t : nullptr, len, scale + k, shift + k, k1 + k,
-                         k2 + k, k3 + k, activation, slope);
+    apply_span<kPerLane>(dy + t, x + t, sign, dx + t, dr ? dr + t : nullptr, len, nz.from(k), gi.from(k), activation,
+                         slope);
   });
 }
 
@@ -562,12 +597,12 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act_backward_apply", [&] {
     using acc_t = opmath_t<scalar_t>;
     const int64_t C = t.layout.channels;
-    std::vector<acc_t> scale, shift, k1(C), k2(C), k3(C);
-    forward_coefficients(t.params, scale, shift);
+    std::vector<acc_t> scale, grad_scale(C), projection(C);
+    const Normalize<acc_t> nz = forward_coefficients(t.params, scale);
     for (int64_t c = 0; c < C; ++c)
-      bn::backward_coefficients(t.params.mean.data_ptr<acc_t>()[c], t.params.invstd.data_ptr<acc_t>()[c],
-                                t.params.weight.data_ptr<acc_t>()[c], mg.data_ptr<acc_t>()[c],
-                                mgx.data_ptr<acc_t>()[c], k1[c], k2[c], k3[c]);
+      bn::backward_coefficients(t.params.invstd.data_ptr<acc_t>()[c], t.params.weight.data_ptr<acc_t>()[c],
+                                mgx.data_ptr<acc_t>()[c], grad_scale[c], projection[c]);
+    const GradInput<acc_t> gi{mg.data_ptr<acc_t>(), grad_scale.data(), projection.data()};
     const scalar_t* dy = t.grad_output.const_data_ptr<scalar_t>();
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const bool* m = t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr;
@@ -576,8 +611,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
     const acc_t slope = static_cast<acc_t>(negative_slope);
     for_each_span(t.layout, [&](int64_t o, int64_t n, int64_t c, auto per_lane) {
       apply_span_with_mask<decltype(per_lane)::value>(dy + o, x + o, m ? m + o : nullptr, dx + o,
-                                                      dr ? dr + o : nullptr, n, scale.data() + c, shift.data() + c,
-                                                      k1.data() + c, k2.data() + c, k3.data() + c, activation, slope);
+                                                      dr ? dr + o : nullptr, n, nz.from(c), gi.from(c), activation,
+                                                      slope);
     });
   });
   return {grad_input, grad_residual};

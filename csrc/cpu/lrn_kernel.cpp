@@ -35,8 +35,8 @@ struct LrnParams {
   int64_t width() const { return window.before + window.after + 1; }
 };
 
-LrnParams make_params(int convention, int64_t size, double alpha, double beta, double k) {
-  return {lrn::window(convention, size), lrn::alpha_coefficient(convention, size, alpha), beta, k};
+LrnParams make_params(int convention, int64_t size, int64_t channels, double alpha, double beta, double k) {
+  return {lrn::window(convention, size, channels), lrn::alpha_coefficient(convention, size, alpha), beta, k};
 }
 
 // ---- s^-beta -------------------------------------------------------------------------
@@ -529,7 +529,7 @@ at::Tensor local_response_norm_cpu(const at::Tensor& input, int64_t size, double
   if (x.numel() == 0) return y;
   advise_huge_pages(y);
   const DenseLayout shape = dense_layout(x);
-  const LrnParams prm = make_params(parsed, size, alpha, beta, k);
+  const LrnParams prm = make_params(parsed, size, shape.channels, alpha, beta, k);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "local_response_norm_cpu", [&] {
     if (shape.channels_last) {
       forward_channels_last(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), shape, prm);
@@ -551,7 +551,7 @@ at::Tensor local_response_norm_backward_cpu(const at::Tensor& grad_output, const
   if (x.numel() == 0) return gx;
   advise_huge_pages(gx);
   const DenseLayout shape = dense_layout(x);
-  const LrnParams prm = make_params(parsed, size, alpha, beta, k);
+  const LrnParams prm = make_params(parsed, size, shape.channels, alpha, beta, k);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "local_response_norm_backward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

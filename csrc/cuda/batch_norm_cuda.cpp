@@ -43,6 +43,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_train_stats_cuda(const at::Tensor&
                                                                const c10::optional<at::Tensor>& running_mean,
                                                                const c10::optional<at::Tensor>& running_var,
                                                                double momentum, double eps) {
+  check_running_stats(input, running_mean, running_var);
   auto [mean, var] = batch_norm_stats_cuda(input);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t count = input.numel() / std::max<int64_t>(input.size(1), 1);

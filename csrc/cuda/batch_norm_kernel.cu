@@ -91,7 +91,7 @@ template <typename T>
 __global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
                                      typename Opmath<T>::type* __restrict__ workspace) {
   using acc_t = typename Opmath<T>::type;
-  __shared__ acc_t sh_mean[kThreads], sh_m2[kThreads], sh_count[kThreads];
+  __shared__ acc_t sh_mean[kThreads], sh_var[kThreads], sh_count[kThreads];
   const SliceWork w = slice_work(s);
   const ChannelWalk walk{s.channels, s.positions, s.channels_last};
   int64_t begin, end;
@@ -109,15 +109,15 @@ __global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
   }
   const int tid = threadIdx.y * kColumns + threadIdx.x;
   sh_mean[tid] = mean;
-  sh_m2[tid] = m2;
+  sh_var[tid] = count > 0 ? m2 / static_cast<acc_t>(count) : acc_t(0);
   sh_count[tid] = static_cast<acc_t>(count);
   block_merge(s.channels_last, [&](int into, int from) {
-    bn::merge_moments(sh_mean[into], sh_m2[into], sh_count[into], sh_mean[from], sh_m2[from], sh_count[from]);
+    bn::merge_moments(sh_mean[into], sh_var[into], sh_count[into], sh_mean[from], sh_var[from], sh_count[from]);
   });
   if (w.active && writes_partial(s.channels_last)) {
     const int64_t slot = (static_cast<int64_t>(blockIdx.y) * s.channels + w.channel) * 3;
     workspace[slot] = sh_mean[tid];
-    workspace[slot + 1] = sh_m2[tid];
+    workspace[slot + 1] = sh_var[tid];
     workspace[slot + 2] = sh_count[tid];
   }
 }
@@ -127,13 +127,13 @@ __global__ void stats_finish_kernel(const acc_t* __restrict__ workspace, int64_t
                                     acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
-  acc_t mean = 0, m2 = 0, count = 0;
+  acc_t mean = 0, var = 0, count = 0;
   for (int64_t k = 0; k < slices; ++k) {
     const acc_t* slot = workspace + (k * channels + c) * 3;
-    bn::merge_moments(mean, m2, count, slot[0], slot[1], slot[2]);
+    bn::merge_moments(mean, var, count, slot[0], slot[1], slot[2]);
   }
   mean_out[c] = mean;
-  var_out[c] = count > acc_t(0) ? m2 / count : acc_t(0);
+  var_out[c] = var;
 }
 
 // ---------------------------------------------------------------- elementwise
@@ -144,8 +144,8 @@ struct Channels {
   const acc_t* invstd;
   const acc_t* weight;
   const acc_t* bias;
-  __device__ __forceinline__ void coefficients(int64_t c, acc_t& scale, acc_t& shift) const {
-    bn::forward_coefficients(mean[c], invstd[c], weight[c], bias[c], scale, shift);
+  __device__ __forceinline__ acc_t pre(acc_t x, int64_t c) const {
+    return bn::normalize(x, mean[c], weight[c] * invstd[c], bias[c]);
   }
 };
 
@@ -160,9 +160,7 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ re
   using acc_t = typename Opmath<T>::type;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t scale, shift;
-    ch.coefficients(channel_of(i, s), scale, shift);
-    acc_t pre = to_opmath(x[i]) * scale + shift;
+    acc_t pre = ch.pre(to_opmath(x[i]), channel_of(i, s));
     if (residual) pre += to_opmath(residual[i]);
     y[i] = from_opmath<T>(bn::activate(pre, activation, slope));
     if (mask) mask[i] = pre > acc_t(0);
@@ -171,11 +169,10 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ re
 
 template <typename T>
 __device__ __forceinline__ typename Opmath<T>::type grad_at(const T* dy, const T* x, const bool* mask, int64_t i,
-                                                            typename Opmath<T>::type scale,
-                                                            typename Opmath<T>::type shift, int64_t activation,
-                                                            typename Opmath<T>::type slope) {
+                                                            const Channels<typename Opmath<T>::type>& ch, int64_t c,
+                                                            int64_t activation, typename Opmath<T>::type slope) {
   using acc_t = typename Opmath<T>::type;
-  const bool positive = mask ? mask[i] : to_opmath(x[i]) * scale + shift > acc_t(0);
+  const bool positive = mask ? mask[i] : ch.pre(to_opmath(x[i]), c) > acc_t(0);
   return bn::activation_grad(to_opmath(dy[i]), positive, activation, slope);
 }
 
@@ -193,12 +190,10 @@ __global__ void backward_reduce_partial_kernel(const T* __restrict__ dy, const T
   slice_bounds(s, begin, end);
   acc_t sum_g = 0, sum_gx = 0;
   if (w.active) {
-    acc_t scale, shift;
-    ch.coefficients(w.channel, scale, shift);
     const acc_t mean = ch.mean[w.channel];
     for (int64_t p = begin + w.first; p < end; p += w.step) {
       const int64_t i = walk.offset(w.channel, p);
-      const acc_t g = grad_at(dy, x, mask, i, scale, shift, activation, slope);
+      const acc_t g = grad_at(dy, x, mask, i, ch, w.channel, activation, slope);
       sum_g += g;
       sum_gx += g * (to_opmath(x[i]) - mean);
     }
@@ -242,11 +237,10 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(i, s);
-    acc_t scale, shift, k1, k2, k3;
-    ch.coefficients(c, scale, shift);
-    bn::backward_coefficients(ch.mean[c], ch.invstd[c], ch.weight[c], mean_grad[c], mean_grad_centered[c], k1, k2, k3);
-    const acc_t g = grad_at(dy, x, mask, i, scale, shift, activation, slope);
-    dx[i] = from_opmath<T>(g * k1 + to_opmath(x[i]) * k2 + k3);
+    acc_t grad_scale, projection;
+    bn::backward_coefficients(ch.invstd[c], ch.weight[c], mean_grad_centered[c], grad_scale, projection);
+    const acc_t g = grad_at(dy, x, mask, i, ch, c, activation, slope);
+    dx[i] = from_opmath<T>(bn::grad_input(g, to_opmath(x[i]), ch.mean[c], mean_grad[c], grad_scale, projection));
     if (dr) dr[i] = from_opmath<T>(g);
   }
 }

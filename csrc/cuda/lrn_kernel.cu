@@ -117,7 +117,8 @@ cudaError_t forward_typed(const void* input, void* output, const DenseLayout& sh
   const Indexer<index_t> at = Indexer<index_t>::of(shape);
   lrn_forward_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
       static_cast<const T*>(input), static_cast<T*>(output), static_cast<index_t>(numel), at,
-      lrn::window(co.convention, co.size), static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha)),
+      lrn::window(co.convention, co.size, shape.channels),
+      static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha)),
       static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
   return cudaGetLastError();
 }
@@ -128,7 +129,7 @@ cudaError_t backward_typed(const void* grad_output, const void* input, void* gra
   using acc_t = typename Opmath<T>::type;
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   const Indexer<index_t> at = Indexer<index_t>::of(shape);
-  const lrn::Window window = lrn::window(co.convention, co.size);
+  const lrn::Window window = lrn::window(co.convention, co.size, shape.channels);
   const acc_t a = static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha));
   const T* g = static_cast<const T*>(grad_output);
   const T* x = static_cast<const T*>(input);

@@ -6,7 +6,12 @@
 #include <cnnkit/batch_norm.h>
 #include <torch/library.h>
 
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <c10/core/GradMode.h>
+
 #include <algorithm>
+#include <utility>
 
 namespace cnnkit {
 
@@ -17,11 +22,19 @@ void check_same_place(const char* name, const at::Tensor& tensor, const at::Tens
               tensor.device(), " but input is on ", input.device());
 }
 
+// Shapes are read as SymInts throughout: the check ops run these checks on the fake
+// tensors of torch.compile and torch.export, whose sizes may be symbolic.
+void check_channel_count(const char* name, const at::Tensor& tensor, const at::Tensor& input) {
+  check_same_place(name, tensor, input);
+  // torch.nn.functional.batch_norm's check (one element per channel, in any shape), wording
+  // and type (RuntimeError).
+  TORCH_CHECK(tensor.sym_numel() == input.sym_size(1), "batch_norm_act: ", name, " should contain ",
+              input.sym_size(1), " elements not ", tensor.sym_numel());
+}
+
 void check_per_channel(const char* name, const at::Tensor& tensor, const at::Tensor& input,
                        at::ScalarType dtype) {
-  check_same_place(name, tensor, input);
-  TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.numel() == input.size(1), "batch_norm_act: ",
-                    name, " must have shape (", input.size(1), ",), got ", tensor.sizes());
+  check_channel_count(name, tensor, input);
   TORCH_CHECK_TYPE(tensor.scalar_type() == dtype, "batch_norm_act: ", name, " must have dtype ",
                    dtype, ", got ", tensor.scalar_type());
 }
@@ -30,9 +43,12 @@ void check_per_channel(const char* name, const at::Tensor& tensor, const at::Ten
 // mixed precision of autocast, where the convolution runs in reduced precision and the
 // BatchNorm parameters stay float32 (torch's batch_norm accepts the same pairs).
 void check_param(const char* name, const at::Tensor& tensor, const at::Tensor& input) {
+  check_channel_count(name, tensor, input);
   const bool reduced = input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kHalf;
   const bool mixed = reduced && tensor.scalar_type() == at::kFloat;
-  check_per_channel(name, tensor, input, mixed ? at::kFloat : input.scalar_type());
+  // torch raises a RuntimeError ("mixed dtype") for any other pair.
+  TORCH_CHECK(tensor.scalar_type() == input.scalar_type() || mixed, "batch_norm_act: ", name, " has dtype ",
+              tensor.scalar_type(), " but input has ", input.scalar_type());
 }
 
 }  // namespace
@@ -52,9 +68,10 @@ at::ScalarType batch_norm_stats_dtype(const at::Tensor& input) {
 void check_batch_norm_input(const at::Tensor& input) {
   TORCH_CHECK_VALUE(input.dim() >= 2, "batch_norm_act: input must have 2 or more dimensions ",
                     "(N, C, ...), got ", input.dim());
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "batch_norm_act: input must be a floating-point tensor, got ",
-                   input.scalar_type());
+  // As torch's kernels do for a dtype they have no code for.
+  TORCH_CHECK_NOT_IMPLEMENTED(at::isFloatingType(input.scalar_type()),
+                              "batch_norm_act: not implemented for ", input.scalar_type(),
+                              ": input must be a floating-point tensor");
 }
 
 void check_batch_norm_act(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
@@ -72,8 +89,8 @@ void check_batch_norm_act(const at::Tensor& input, const c10::optional<at::Tenso
   check_per_channel("invstd", invstd, input, stats);
   if (residual.has_value()) {
     check_same_place("residual", *residual, input);
-    TORCH_CHECK_VALUE(residual->sizes() == input.sizes(), "batch_norm_act: residual must have ",
-                      "the input's shape ", input.sizes(), ", got ", residual->sizes());
+    TORCH_CHECK_VALUE(residual->sym_sizes() == input.sym_sizes(), "batch_norm_act: residual must have ",
+                      "the input's shape ", input.sym_sizes(), ", got ", residual->sym_sizes());
     TORCH_CHECK_TYPE(residual->scalar_type() == input.scalar_type(), "batch_norm_act: residual ",
                      "must have the input's dtype ", input.scalar_type(), ", got ",
                      residual->scalar_type());
@@ -87,18 +104,18 @@ void check_batch_norm_act_backward(const at::Tensor& grad_output, const at::Tens
                                    int64_t activation) {
   check_batch_norm_act(input, weight, bias, c10::nullopt, mean, invstd, activation);
   check_same_place("grad_output", grad_output, input);
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "batch_norm_act_backward: ",
-                    "grad_output must have the input's shape ", input.sizes(), ", got ",
-                    grad_output.sizes());
+  TORCH_CHECK_VALUE(grad_output.sym_sizes() == input.sym_sizes(), "batch_norm_act_backward: ",
+                    "grad_output must have the input's shape ", input.sym_sizes(), ", got ",
+                    grad_output.sym_sizes());
   TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "batch_norm_act_backward: ",
                    "grad_output must have the input's dtype ", input.scalar_type(), ", got ",
                    grad_output.scalar_type());
   if (has_saved_mask(mask)) {
     check_same_place("mask", mask, input);
-    TORCH_CHECK_VALUE(mask.sizes() == input.sizes() && mask.scalar_type() == at::kBool,
+    TORCH_CHECK_VALUE(mask.sym_sizes() == input.sym_sizes() && mask.scalar_type() == at::kBool,
                       "batch_norm_act_backward: mask must be empty or a bool tensor of the ",
-                      "input's shape ", input.sizes(), ", got ", mask.scalar_type(), " ",
-                      mask.sizes());
+                      "input's shape ", input.sym_sizes(), ", got ", mask.scalar_type(), " ",
+                      mask.sym_sizes());
   }
 }
 
@@ -110,8 +127,8 @@ void check_batch_norm_act_backward_apply(const at::Tensor& grad_output, const at
                                          const at::Tensor& mean_grad_centered, int64_t activation) {
   check_batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd, activation);
   const at::ScalarType stats = batch_norm_stats_dtype(input);
-  const int64_t channels = input.size(1);
-  TORCH_CHECK_VALUE(mean_grad.numel() == channels && mean_grad_centered.numel() == channels &&
+  const c10::SymInt channels = input.sym_size(1);
+  TORCH_CHECK_VALUE(mean_grad.sym_numel() == channels && mean_grad_centered.sym_numel() == channels &&
                         mean_grad.scalar_type() == stats && mean_grad_centered.scalar_type() == stats &&
                         mean_grad.device() == input.device() &&
                         mean_grad_centered.device() == input.device(),
@@ -119,19 +136,37 @@ void check_batch_norm_act_backward_apply(const at::Tensor& grad_output, const at
                     channels, ",) tensors of dtype ", stats, " on the input's device");
 }
 
+void check_running_stats(const at::Tensor& input, const c10::optional<at::Tensor>& running_mean,
+                         const c10::optional<at::Tensor>& running_var) {
+  check_batch_norm_input(input);
+  for (const auto& [name, running] : {std::pair{"running_mean", &running_mean}, std::pair{"running_var", &running_var}}) {
+    if (!running->has_value()) continue;
+    const at::Tensor& stat = **running;
+    TORCH_CHECK(stat.device() == input.device(), "batch_norm_train_stats: ", name, " is on ", stat.device(),
+                " but input is on ", input.device());
+    TORCH_CHECK(stat.sym_numel() == input.sym_size(1), "batch_norm_train_stats: ", name, " should contain ",
+                input.sym_size(1), " elements not ", stat.sym_numel());
+    TORCH_CHECK_TYPE(at::isFloatingType(stat.scalar_type()), "batch_norm_train_stats: ", name,
+                     " must be a floating-point tensor, got ", stat.scalar_type());
+    // Updated in place: two channels must not share one element (an expanded tensor).
+    TORCH_CHECK_VALUE(stat.is_contiguous() || at::has_internal_overlap(stat) != at::MemOverlap::Yes, "batch_norm_train_stats: ",
+                      name, " has channels sharing memory (an expanded tensor?), which its update in place ",
+                      "would overwrite with each other; pass a tensor with one element per channel");
+    TORCH_CHECK(!(stat.requires_grad() && at::GradMode::is_enabled()), "batch_norm_train_stats: ", name,
+                " requires grad; running statistics are updated in place and cannot be differentiated "
+                "(call under torch.no_grad(), or detach it)");
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> batch_norm_finish_train_stats(
     const at::Tensor& mean, const at::Tensor& var, int64_t count,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     double momentum, double eps) {
-  for (const auto* running : {&running_mean, &running_var}) {
-    if (!running->has_value()) continue;
-    TORCH_CHECK_VALUE((*running)->dim() == 1 && (*running)->numel() == mean.numel(),
-                      "batch_norm_train_stats: running statistics must have shape (", mean.numel(),
-                      ",), got ", (*running)->sizes());
-    TORCH_CHECK((*running)->device() == mean.device(), "batch_norm_train_stats: running ",
-                "statistics are on ", (*running)->device(), " but input is on ", mean.device());
-  }
   if (count > 0) {
+    // The op itself is the in-place update that autograd and inference mode see (its schema
+    // marks the running statistics as written); below that, as in torch's own kernels, the
+    // update is plain arithmetic, also on an inference tensor.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     // running = momentum * batch + (1 - momentum) * running, as ATen's batch norm does.
     if (running_mean.has_value()) {
       running_mean->mul_(1 - momentum).add_(mean.to(running_mean->scalar_type()), momentum);
@@ -225,9 +260,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backwa
   return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
 }
 
+// The check ops: the argument checks of the ops above, for the Python side (fake kernels,
+// the fallback to cnnkit.reference) to run without a kernel. Composite, so they run on any
+// device and on fake tensors; their names start with an underscore (not part of the API).
+namespace {
+
+void check_batch_norm_act_op(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                             const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                             const at::Tensor& mean, const at::Tensor& invstd, int64_t activation) {
+  check_batch_norm_act(input, weight, bias, residual, mean, invstd, activation);
+}
+
+void check_batch_norm_act_backward_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                                      const at::Tensor& mask, const at::Tensor& mean, const at::Tensor& invstd,
+                                      int64_t activation) {
+  check_batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd, activation);
+}
+
+void check_batch_norm_act_backward_apply_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                            const c10::optional<at::Tensor>& weight,
+                                            const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                            const at::Tensor& mean, const at::Tensor& invstd,
+                                            const at::Tensor& mean_grad, const at::Tensor& mean_grad_centered,
+                                            int64_t activation) {
+  check_batch_norm_act_backward_apply(grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
+                                      mean_grad_centered, activation);
+}
+
+}  // namespace
 }  // namespace cnnkit
 
+TORCH_LIBRARY_IMPL(cnnkit, CompositeImplicitAutograd, m) {
+  m.impl("_check_batch_norm_input", &cnnkit::check_batch_norm_input);
+  m.impl("_check_batch_norm_running_stats", &cnnkit::check_running_stats);
+  m.impl("_check_batch_norm_act", &cnnkit::check_batch_norm_act_op);
+  m.impl("_check_batch_norm_act_backward", &cnnkit::check_batch_norm_act_backward_op);
+  m.impl("_check_batch_norm_act_backward_apply", &cnnkit::check_batch_norm_act_backward_apply_op);
+}
+
 TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
+  m.def("_check_batch_norm_input(Tensor input) -> ()");
+  m.def("_check_batch_norm_running_stats(Tensor input, Tensor? running_mean, Tensor? running_var) -> ()");
+  m.def(
+      "_check_batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, Tensor mean, "
+      "Tensor invstd, int activation) -> ()");
+  m.def(
+      "_check_batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mask, Tensor mean, Tensor invstd, int activation) -> ()");
+  m.def(
+      "_check_batch_norm_act_backward_apply(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mask, Tensor mean, Tensor invstd, Tensor mean_grad, Tensor mean_grad_centered, "
+      "int activation) -> ()");
   // Per-channel batch mean and biased variance, in float64 for float64 input and float32
   // otherwise (zero for an empty batch).
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");

@@ -38,17 +38,22 @@ void check_batch_norm_act_backward_apply(const at::Tensor& grad_output, const at
                                          const at::Tensor& invstd, const at::Tensor& mean_grad,
                                          const at::Tensor& mean_grad_centered, int64_t activation);
 
+// Checks of batch_norm_train_stats' running statistics (each optional): the input's device,
+// one floating-point element per channel, not expanded, not requiring grad.
+void check_running_stats(const at::Tensor& input, const c10::optional<at::Tensor>& running_mean,
+                         const c10::optional<at::Tensor>& running_var);
+
 // The rest of batch_norm_train_stats once the batch's (mean, biased var) over `count`
 // values per channel are known: updates the running statistics in place as
 // nn.BatchNorm2d does (unbiased variance, factor momentum; not at all for an empty batch)
-// and returns (mean, invstd).
+// and returns (mean, invstd). The running statistics have passed check_running_stats.
 std::tuple<at::Tensor, at::Tensor> batch_norm_finish_train_stats(
     const at::Tensor& mean, const at::Tensor& var, int64_t count,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     double momentum, double eps);
 
 // True when `mask` holds a saved activation mask (an empty one means: recompute it).
-inline bool has_saved_mask(const at::Tensor& mask) { return mask.numel() > 0; }
+inline bool has_saved_mask(const at::Tensor& mask) { return mask.sym_numel() > 0; }
 
 // The per-channel tensors as contiguous float statistics of the stats dtype, with weight
 // 1 and bias 0 standing in for missing ones.

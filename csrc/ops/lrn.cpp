@@ -26,11 +26,13 @@ int check_local_response_norm(const at::Tensor& input, int64_t size, double k,
   const int parsed = parse_convention(convention);
   TORCH_CHECK_VALUE(input.dim() >= 3, "Expected 3D or higher dimensionality input (got ",
                     input.dim(), " dimensions)");
-  TORCH_CHECK_VALUE(at::isFloatingType(input.scalar_type()),
-                    "local_response_norm: input must be a floating-point tensor, got ",
-                    input.scalar_type());
-  TORCH_CHECK_VALUE(input.size(1) > 0, "local_response_norm: input must have at least one ",
-                    "channel (dimension 1), got shape ", input.sizes());
+  // As torch's kernels do for a dtype they have no code for.
+  TORCH_CHECK_NOT_IMPLEMENTED(at::isFloatingType(input.scalar_type()),
+                              "local_response_norm: not implemented for ", input.scalar_type(),
+                              ": input must be a floating-point tensor");
+  // Read as a SymInt: the check op runs this on the fake tensors of torch.compile.
+  TORCH_CHECK_VALUE(input.sym_size(1) > 0, "local_response_norm: input must have at least one ",
+                    "channel (dimension 1), got shape ", input.sym_sizes());
   if (parsed == lrn::kTf) {
     TORCH_CHECK_VALUE(size >= 0, "local_response_norm: size (the depth radius with the 'tf' ",
                       "convention) must be >= 0, got ", size);
@@ -46,18 +48,42 @@ int check_local_response_norm(const at::Tensor& input, int64_t size, double k,
 int check_local_response_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                        int64_t size, double k, const std::string& convention) {
   const int parsed = check_local_response_norm(input, size, k, convention);
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(),
-                    "local_response_norm_backward: grad_output has shape ", grad_output.sizes(),
-                    " but input has shape ", input.sizes());
+  TORCH_CHECK_VALUE(grad_output.sym_sizes() == input.sym_sizes(),
+                    "local_response_norm_backward: grad_output has shape ", grad_output.sym_sizes(),
+                    " but input has shape ", input.sym_sizes());
   TORCH_CHECK_VALUE(grad_output.device() == input.device(),
                     "local_response_norm_backward: grad_output is on ", grad_output.device(),
                     " but input is on ", input.device());
   return parsed;
 }
 
+namespace {
+
+// The check ops (see csrc/ops/batch_norm.cpp): the checks for the Python side to run
+// without a kernel, on any device and on fake tensors.
+void check_local_response_norm_op(const at::Tensor& input, int64_t size, double k,
+                                  c10::string_view convention) {
+  check_local_response_norm(input, size, k, std::string(convention));
+}
+
+void check_local_response_norm_backward_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                           int64_t size, double k, c10::string_view convention) {
+  check_local_response_norm_backward(grad_output, input, size, k, std::string(convention));
+}
+
+}  // namespace
 }  // namespace cnnkit
 
+TORCH_LIBRARY_IMPL(cnnkit, CompositeImplicitAutograd, m) {
+  m.impl("_check_local_response_norm", &cnnkit::check_local_response_norm_op);
+  m.impl("_check_local_response_norm_backward", &cnnkit::check_local_response_norm_backward_op);
+}
+
 TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
+  m.def("_check_local_response_norm(Tensor input, int size, float k, str convention) -> ()");
+  m.def(
+      "_check_local_response_norm_backward(Tensor grad_output, Tensor input, int size, float k, "
+      "str convention) -> ()");
   m.def(
       "local_response_norm(Tensor input, int size, float alpha=0.0001, float beta=0.75, "
       "float k=1.0, str convention=\"torch\") -> Tensor");

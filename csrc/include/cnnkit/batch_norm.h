@@ -1,11 +1,13 @@
 #pragma once
 // BatchNorm + activation (+ residual add): the per-element math of the CPU and CUDA kernels.
 //
-// Forward, per channel c with scale = weight * invstd and shift = bias - mean * scale:
-//   pre = x * scale + shift [+ residual];   y = act(pre)
+// Forward, per channel c with scale = weight * invstd:
+//   pre = (x - mean) * scale + bias [+ residual];   y = act(pre)
 // Backward, with g = dy * act'(pre) and, in training, the batch means of g and g * (x - mean):
-//   dx = weight * invstd * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
-// which is linear per channel: dx = g * k1 + x * k2 + k3 (see backward_coefficients).
+//   dx = weight * invstd * ((g - mean(g)) - (x - mean) * invstd^2 * mean(g * (x - mean)))
+// Both stay centred on the mean: folding them into x * scale + shift (or g * k1 + x * k2 + k3)
+// saves one operation per element but cancels catastrophically when |mean| is large
+// against the standard deviation.
 #include <cnnkit/macros.h>
 
 #include <cstdint>
@@ -31,36 +33,48 @@ CNNKIT_HOST_DEVICE T activation_grad(T grad, bool positive, int64_t activation, 
   return grad;
 }
 
-// Merges the moments (mean, m2 = sum of squared deviations, count) of a block into a
-// running total: Chan, Golub and LeVeque's pairwise update, stable for any count.
+// Merges the moments (mean, biased variance, count) of a block into a running total: Chan,
+// Golub and LeVeque's pairwise update, stable for any count. It carries the variance, not the
+// sum of squared deviations, and multiplies the cross term as (delta * share) * (delta *
+// block_share): no intermediate overflows where the variance itself does not.
 template <typename T, typename C>
-CNNKIT_HOST_DEVICE void merge_moments(T& mean, T& m2, C& count, T block_mean, T block_m2,
+CNNKIT_HOST_DEVICE void merge_moments(T& mean, T& var, C& count, T block_mean, T block_var,
                                       C block_count) {
-  const C total = count + block_count;
   if (block_count == C(0)) return;
+  if (count == C(0)) {  // not through the update: an infinite variance times a zero share is NaN
+    mean = block_mean;
+    var = block_var;
+    count = block_count;
+    return;
+  }
+  const C total = count + block_count;
+  const T share = T(count) / T(total), block_share = T(block_count) / T(total);
   const T delta = block_mean - mean;
-  const T block_share = T(block_count) / T(total);
   mean += delta * block_share;
-  m2 += block_m2 + delta * delta * T(count) * block_share;
+  var = var * share + block_var * block_share + (delta * share) * (delta * block_share);
   count = total;
 }
 
-// Per-channel forward coefficients: pre = x * scale + shift.
+// The pre-activation of one element.
 template <typename T>
-CNNKIT_HOST_DEVICE void forward_coefficients(T mean, T invstd, T weight, T bias, T& scale,
-                                             T& shift) {
-  scale = weight * invstd;
-  shift = bias - mean * scale;
+CNNKIT_HOST_DEVICE T normalize(T x, T mean, T scale, T bias) {
+  return (x - mean) * scale + bias;
 }
 
-// Per-channel backward coefficients: dx = g * k1 + x * k2 + k3. mean_grad and
-// mean_grad_centered are the batch means of g and g * (x - mean) in training, zero in eval.
+// Per-channel backward coefficients: dx = ((g - mean_grad) - (x - mean) * projection) *
+// grad_scale. mean_grad and mean_grad_centered are the batch means of g and g * (x - mean)
+// in training, zero in eval.
 template <typename T>
-CNNKIT_HOST_DEVICE void backward_coefficients(T mean, T invstd, T weight, T mean_grad,
-                                              T mean_grad_centered, T& k1, T& k2, T& k3) {
-  k1 = weight * invstd;
-  k2 = -k1 * invstd * invstd * mean_grad_centered;
-  k3 = -k1 * mean_grad - mean * k2;
+CNNKIT_HOST_DEVICE void backward_coefficients(T invstd, T weight, T mean_grad_centered, T& grad_scale,
+                                              T& projection) {
+  grad_scale = weight * invstd;
+  // invstd * invstd alone underflows for standard deviations above about 1e19.
+  projection = invstd * (invstd * mean_grad_centered);
+}
+
+template <typename T>
+CNNKIT_HOST_DEVICE T grad_input(T g, T x, T mean, T mean_grad, T grad_scale, T projection) {
+  return ((g - mean_grad) - (x - mean) * projection) * grad_scale;
 }
 
 }  // namespace batch_norm

@@ -23,7 +23,7 @@ struct Window {
   int64_t after;   // channels above c in the window
 };
 
-CNNKIT_HOST_DEVICE Window window(int convention, int64_t size) {
+CNNKIT_HOST_DEVICE Window convention_window(int convention, int64_t size) {
   switch (convention) {
     case kCudnn:  // cuDNN: lookBehind = (n - 1) / 2, lookAhead = n - lookBehind - 1
       return {(size - 1) / 2, size / 2};
@@ -34,6 +34,15 @@ CNNKIT_HOST_DEVICE Window window(int convention, int64_t size) {
     default:  // PyTorch (and Caffe, whose odd sizes make this centred)
       return {size / 2, (size - 1) / 2};
   }
+}
+
+// The window of a convention over `channels` (>= 1) channels: a reach beyond the last
+// channel adds only zero padding, so it is cut to channels - 1 on each side. Any size then
+// gives a window of at most 2 * channels - 1, whose arithmetic cannot overflow.
+CNNKIT_HOST_DEVICE Window window(int convention, int64_t size, int64_t channels) {
+  const Window w = convention_window(convention, size);
+  const int64_t reach = channels - 1;
+  return {w.before < reach ? w.before : reach, w.after < reach ? w.after : reach};
 }
 
 // The coefficient of the sum of squares: alpha / size where the convention divides.
