@@ -24,7 +24,11 @@ export LD_PRELOAD="$runtimes" PYTHONPATH="$PWD/$out/package"
 # not ASan's business; any error in cnnkit's code aborts.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:verify_asan_link_order=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# From the copy's directory: Python puts the working directory first on its path, and the
+# repository root holds the installed build.
+tests=$PWD/tests
+cd "$out/package"
 python -c 'import cnnkit, sys; path = cnnkit._ops._C.__file__; print("testing", path);
 sys.exit(0 if "/build/sanitize/" in path else "not the sanitized build: " + path)'
-python -m pytest -q -p no:cacheprovider tests/test_lrn.py tests/test_batch_norm.py tests/test_max_pool.py \
-  tests/test_bad_input.py tests/test_properties.py
+python -m pytest -q -p no:cacheprovider "$tests/test_lrn.py" "$tests/test_batch_norm.py" "$tests/test_max_pool.py" \
+  "$tests/test_bad_input.py" "$tests/test_properties.py"

@@ -7,13 +7,16 @@ same input, and cnnkit's error may be at most twice torch's plus a few units in 
 place of the output's scale. The examples are derandomised with a fixed budget, so CI runs
 the same cases every time."""
 
+import os
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cnnkit
 
-BUDGET = settings(max_examples=60, deadline=None, derandomize=True,
+# CNNKIT_PROPERTY_EXAMPLES raises the budget for a longer search than CI runs.
+BUDGET = settings(max_examples=int(os.environ.get("CNNKIT_PROPERTY_EXAMPLES", 60)), deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow])
 EPS = {torch.float32: 2.0**-23, torch.float64: 2.0**-52, torch.bfloat16: 2.0**-8}
 
@@ -60,11 +63,16 @@ def forward_backward(fn, x, grad, dtype=None):
     return y.detach().double(), x.grad.double()
 
 
-def assert_as_accurate_as_torch(ours, theirs, exact, dtype, what):
-    for name, a, b, e in zip(("output", "grad_input"), ours, theirs, exact):
+def assert_as_accurate_as_torch(ours, theirs, exact, dtype, what, conditioning=(0.0, 0.0)):
+    """ours (output, grad_input) within twice torch's error against the float64 result, plus
+    8 units in the last place of each result's scale. `conditioning` adds, per result, what
+    one rounding of the statistics moves it by (in units of relative precision): the batch
+    mean stored in float32 is that rounded, in torch as in cnnkit, and the normalisation
+    multiplies it by weight * invstd."""
+    for name, a, b, e, gain in zip(("output", "grad_input"), ours, theirs, exact, conditioning):
         ours_err, torch_err = (a - e).abs().max().item(), (b - e).abs().max().item()
-        scale = e.abs().max().item() + 1.0
-        assert ours_err <= 2 * torch_err + 8 * EPS[dtype] * scale, (what, name, ours_err, torch_err)
+        scale = e.abs().max().item() + 1.0 + gain
+        assert ours_err <= 2 * torch_err + 8 * EPS[dtype] * scale, (what, name, ours_err, torch_err, scale)
 
 
 @BUDGET
@@ -118,7 +126,7 @@ def test_batch_norm_act_as_accurate_as_torch(case, training, relu, with_residual
     param_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
     ours_params = [p.to(param_dtype) for p in params64]
     torch_params = [p.to(param_dtype) for p in params64]
-    exact_params = [p.clone() for p in params64]
+    exact_params = [p.to(param_dtype).double() for p in params64]  # exact for the parameters both are given
     ours = forward_backward(_batch_norm_act(cnnkit.functional.batch_norm_act, ours_params, training, relu, residual),
                             x, grad)
     theirs = forward_backward(_batch_norm_act(torch.nn.functional.batch_norm, torch_params, training, relu, residual),
@@ -126,7 +134,22 @@ def test_batch_norm_act_as_accurate_as_torch(case, training, relu, with_residual
     exact = forward_backward(
         _batch_norm_act(torch.nn.functional.batch_norm, exact_params, training, relu,
                         None if residual is None else residual.double()), x, grad, torch.float64)
-    assert_as_accurate_as_torch(ours, theirs, exact, dtype, "batch_norm_act")
+    # How far one rounding of the mean moves the output and the gradient, per unit of it.
+    dims = [0] + list(range(2, x.dim()))
+    x64 = x.double()
+    mean = x64.mean(dims) if training else exact_params[0]
+    var = x64.var(dims, correction=0) if training else exact_params[1]
+    invstd = (var + 1e-5).rsqrt().max().item()
+    gain = mean.abs().max().item() * exact_params[2].abs().max().item() * invstd
+    conditioning = (gain, gain * invstd * grad.double().abs().max().item())
+    if relu:
+        # Where the exact pre-activation is within that reach of 0, the precision cannot decide
+        # the ReLU's side, in torch as in cnnkit: the gradient there is left out.
+        pre = _batch_norm_act(torch.nn.functional.batch_norm, [p.to(param_dtype).double() for p in params64],
+                              training, False, None if residual is None else residual.double())(x.double())
+        decided = (pre.abs() > 8 * EPS[dtype] * (gain + 1.0)).double()
+        ours, theirs, exact = ((y, g * decided) for y, g in (ours, theirs, exact))
+    assert_as_accurate_as_torch(ours, theirs, exact, dtype, "batch_norm_act", conditioning)
     for ours_stat, torch_stat, exact_stat in zip(ours_params[:2], torch_params[:2], exact_params[:2]):
         ours_err = (ours_stat.double() - exact_stat).abs().max().item()
         torch_err = (torch_stat.double() - exact_stat).abs().max().item()
