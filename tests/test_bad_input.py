@@ -134,8 +134,9 @@ CASES = {
         like_torch(lambda: cnnkit.nn.LocalResponseNorm(3)(x), lambda: torch.nn.LocalResponseNorm(3)(x))
     """,
     "lrn_grad_output_wrong_shape": """
-        raises(lambda: torch.ops.cnnkit.local_response_norm_backward(torch.randn(1, 3, 2), torch.randn(1, 3, 2, 2),
-                                                                     3, 1e-4, 0.75, 1.0, "torch"), ValueError, "grad_output")
+        backward = torch.ops.cnnkit.local_response_norm_backward
+        raises(lambda: backward(torch.randn(1, 3, 2), torch.randn(1, 3, 2, 2), 3, 1e-4, 0.75, 1.0, "torch"),
+               ValueError, "grad_output")
     """,
     # ---- BatchNorm: statistics that overflow stay as finite as torch's
     # torch's float32 kernel overflows here (zeros out, running_var inf); the variance itself
@@ -204,16 +205,18 @@ CASES = {
                    RuntimeError, "running_mean")
     """,
     "bn_running_mean_int64": """
-        raises(lambda: torch.ops.cnnkit.batch_norm_train_stats(torch.randn(4, 3, 2, 2), torch.zeros(3, dtype=torch.int64),
-                                                               torch.ones(3), 0.1, 1e-5), TypeError, "running_mean")
+        stats = torch.ops.cnnkit.batch_norm_train_stats
+        raises(lambda: stats(torch.randn(4, 3, 2, 2), torch.zeros(3, dtype=torch.int64), torch.ones(3), 0.1, 1e-5),
+               TypeError, "running_mean")
     """,
     "bn_running_mean_expanded": """
         raises(lambda: torch.ops.cnnkit.batch_norm_train_stats(torch.randn(4, 3, 2, 2), torch.zeros(1).expand(3),
                                                                torch.ones(3), 0.1, 1e-5), ValueError, "running_mean")
     """,
     "bn_running_mean_requires_grad": """
-        raises(lambda: torch.ops.cnnkit.batch_norm_train_stats(torch.randn(4, 3, 2, 2), torch.zeros(3, requires_grad=True),
-                                                               torch.ones(3), 0.1, 1e-5), RuntimeError, "running_mean")
+        stats = torch.ops.cnnkit.batch_norm_train_stats
+        raises(lambda: stats(torch.randn(4, 3, 2, 2), torch.zeros(3, requires_grad=True), torch.ones(3), 0.1, 1e-5),
+               RuntimeError, "running_mean")
     """,
     "bn_running_stats_inference_tensors": """
         with torch.inference_mode():

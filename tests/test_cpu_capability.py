@@ -82,7 +82,8 @@ def _build_objects():
     """{capability: its object files} of the build that made cnnkit._C (setup.py's build
     directory: the portable objects, and one subdirectory per extra capability)."""
     library = Path(cnnkit._ops._C.__file__)
-    builds = sorted(library.parent.parent.glob("build/temp.*/csrc/module.o"),
+    builds = sorted((path for path in library.parent.parent.glob("build/temp.*/csrc/module.o")
+                     if not path.parent.parent.name.endswith("-sanitize")),  # scripts/sanitize.sh's
                     key=lambda path: path.stat().st_mtime)
     if not builds or builds[-1].stat().st_mtime > library.stat().st_mtime:
         pytest.skip("the objects cnnkit._C was linked from are not beside it (not an in-tree build)")

@@ -10,10 +10,7 @@ import torch
 
 from cnnkit._ops import check, dense_memory_format
 from cnnkit.reference import batch_norm as reference
-
-
-def stats_dtype(input):
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
+from cnnkit.reference.batch_norm import stats_dtype
 
 
 def _like_input(input, dtype=None):

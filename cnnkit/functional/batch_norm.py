@@ -51,7 +51,7 @@ def _has_kernel(input):
 def _reference_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
                               activation, negative_slope, residual):
     if input.dim() >= 2:  # what the kernel would raise (the statistics only need their shape here)
-        stats = input.new_empty((input.size(1),), dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
+        stats = input.new_empty((input.size(1),), dtype=reference.stats_dtype(input))
         _ops.check("batch_norm_act", input, weight, bias, residual, stats, stats,
                    reference.activation_code(activation))
     return reference.batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
@@ -110,10 +110,9 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
             mean, invstd = torch.ops.cnnkit.batch_norm_train_stats(input, running_mean, running_var,
                                                                    float(momentum), float(eps))
     else:
-        opmath = torch.float64 if input.dtype == torch.float64 else torch.float32
         with torch.no_grad():
-            mean = running_mean.to(opmath)
-            invstd = torch.rsqrt(running_var.to(opmath) + eps)
+            mean = running_mean.to(reference.stats_dtype(input))
+            invstd = torch.rsqrt(running_var.to(reference.stats_dtype(input)) + eps)
     output, _ = torch.ops.cnnkit.batch_norm_act(
         input, weight, bias, residual, mean, invstd, training, code, float(negative_slope)
     )

@@ -16,7 +16,7 @@ from torch.nn.modules.utils import _pair
 from cnnkit import _ops
 from cnnkit.functional.batch_norm import update_running_stats
 from cnnkit.reference import conv_bn as reference
-from cnnkit.reference.batch_norm import activation_code
+from cnnkit.reference.batch_norm import activation_code, stats_dtype
 
 ACTIVATIONS = (None, "identity", "relu", "leaky_relu")
 
@@ -317,13 +317,13 @@ class _BNActConv2d(torch.autograd.Function):
         ctx, input, running_mean, running_var, bn_weight, bn_bias, conv_weight, conv_bias, settings
     ):
         kernels = _use_kernels(input, bn_weight, bn_bias)
-        stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        opmath = stats_dtype(input)
         if settings.training:
             mean, var = _batch_stats(input, running_mean, running_var, settings.momentum, kernels)
         else:
             mean, var = running_mean, running_var
-        mean = mean.to(stats_dtype).contiguous()
-        invstd = torch.rsqrt(var.to(stats_dtype) + settings.eps)
+        mean = mean.to(opmath).contiguous()
+        invstd = torch.rsqrt(var.to(opmath) + settings.eps)
         hidden = _bn_act(
             input, mean, invstd, bn_weight, bn_bias, settings.activation,
             settings.negative_slope, kernels,

@@ -12,6 +12,11 @@ import torch.nn.functional as F
 ACTIVATIONS = {None: 0, "identity": 0, "relu": 1, "leaky_relu": 2}
 
 
+def stats_dtype(input):
+    """The dtype of the per-channel statistics of an input, as the ops compute them."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
 def activation_code(activation):
     """The ops' integer code of an activation name, or a ValueError naming the choices."""
     try:
@@ -61,7 +66,7 @@ def batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd
     is recomputed from ``input``.
     """
     shape = [1, -1] + [1] * (input.dim() - 2)
-    opmath = torch.float64 if input.dtype == torch.float64 else torch.float32
+    opmath = stats_dtype(input)
     x = input.to(opmath)
     dy = grad_output.to(opmath)
     xhat = (x - mean.view(shape)) * invstd.view(shape)

@@ -139,7 +139,8 @@ void check_batch_norm_act_backward_apply(const at::Tensor& grad_output, const at
 void check_running_stats(const at::Tensor& input, const c10::optional<at::Tensor>& running_mean,
                          const c10::optional<at::Tensor>& running_var) {
   check_batch_norm_input(input);
-  for (const auto& [name, running] : {std::pair{"running_mean", &running_mean}, std::pair{"running_var", &running_var}}) {
+  for (const auto& [name, running] :
+       {std::pair{"running_mean", &running_mean}, std::pair{"running_var", &running_var}}) {
     if (!running->has_value()) continue;
     const at::Tensor& stat = **running;
     TORCH_CHECK(stat.device() == input.device(), "batch_norm_train_stats: ", name, " is on ", stat.device(),
@@ -148,10 +149,12 @@ void check_running_stats(const at::Tensor& input, const c10::optional<at::Tensor
                 input.sym_size(1), " elements not ", stat.sym_numel());
     TORCH_CHECK_TYPE(at::isFloatingType(stat.scalar_type()), "batch_norm_train_stats: ", name,
                      " must be a floating-point tensor, got ", stat.scalar_type());
-    // Updated in place: two channels must not share one element (an expanded tensor).
-    TORCH_CHECK_VALUE(stat.is_contiguous() || at::has_internal_overlap(stat) != at::MemOverlap::Yes, "batch_norm_train_stats: ",
-                      name, " has channels sharing memory (an expanded tensor?), which its update in place ",
-                      "would overwrite with each other; pass a tensor with one element per channel");
+    // Updated in place: two channels must not share one element (an expanded tensor). The
+    // contiguous case first: it needs no strides, which a fake tensor's may not have.
+    TORCH_CHECK_VALUE(stat.is_contiguous() || at::has_internal_overlap(stat) != at::MemOverlap::Yes,
+                      "batch_norm_train_stats: ", name, " has channels sharing memory (an expanded ",
+                      "tensor?), which its update in place would overwrite with each other; pass a tensor ",
+                      "with one element per channel");
     TORCH_CHECK(!(stat.requires_grad() && at::GradMode::is_enabled()), "batch_norm_train_stats: ", name,
                 " requires grad; running statistics are updated in place and cannot be differentiated "
                 "(call under torch.no_grad(), or detach it)");
@@ -260,43 +263,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backwa
   return {grad_input, (sum_gx * invstd).to(param_dtype), sum_g.to(param_dtype), grad_residual};
 }
 
-// The check ops: the argument checks of the ops above, for the Python side (fake kernels,
-// the fallback to cnnkit.reference) to run without a kernel. Composite, so they run on any
-// device and on fake tensors; their names start with an underscore (not part of the API).
-namespace {
-
-void check_batch_norm_act_op(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-                             const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-                             const at::Tensor& mean, const at::Tensor& invstd, int64_t activation) {
-  check_batch_norm_act(input, weight, bias, residual, mean, invstd, activation);
-}
-
-void check_batch_norm_act_backward_op(const at::Tensor& grad_output, const at::Tensor& input,
-                                      const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                                      const at::Tensor& mask, const at::Tensor& mean, const at::Tensor& invstd,
-                                      int64_t activation) {
-  check_batch_norm_act_backward(grad_output, input, weight, bias, mask, mean, invstd, activation);
-}
-
-void check_batch_norm_act_backward_apply_op(const at::Tensor& grad_output, const at::Tensor& input,
-                                            const c10::optional<at::Tensor>& weight,
-                                            const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
-                                            const at::Tensor& mean, const at::Tensor& invstd,
-                                            const at::Tensor& mean_grad, const at::Tensor& mean_grad_centered,
-                                            int64_t activation) {
-  check_batch_norm_act_backward_apply(grad_output, input, weight, bias, mask, mean, invstd, mean_grad,
-                                      mean_grad_centered, activation);
-}
-
-}  // namespace
 }  // namespace cnnkit
 
+// The check ops: the argument checks of the ops below, for the Python side (fake kernels,
+// the fallback to cnnkit.reference) to run without a kernel. Composite, so they run on any
+// device and on fake tensors; their names start with an underscore (not part of the API).
 TORCH_LIBRARY_IMPL(cnnkit, CompositeImplicitAutograd, m) {
   m.impl("_check_batch_norm_input", &cnnkit::check_batch_norm_input);
   m.impl("_check_batch_norm_running_stats", &cnnkit::check_running_stats);
-  m.impl("_check_batch_norm_act", &cnnkit::check_batch_norm_act_op);
-  m.impl("_check_batch_norm_act_backward", &cnnkit::check_batch_norm_act_backward_op);
-  m.impl("_check_batch_norm_act_backward_apply", &cnnkit::check_batch_norm_act_backward_apply_op);
+  m.impl("_check_batch_norm_act", &cnnkit::check_batch_norm_act);
+  m.impl("_check_batch_norm_act_backward", &cnnkit::check_batch_norm_act_backward);
+  m.impl("_check_batch_norm_act_backward_apply", &cnnkit::check_batch_norm_act_backward_apply);
 }
 
 TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
