@@ -53,9 +53,12 @@ int64_t batch_slices(int64_t batch, int64_t channels) {
   return std::max<int64_t>(1, std::min(batch, wanted));
 }
 
-// Number of slices of the positions of a channels-last reduction.
+// Number of slices of the positions of a channels-last reduction: a slice carries C partial
+// results, so at least kSlicePositions positions each, and at most kPositionSlices slices.
+constexpr int64_t kSlicePositions = 128;
+constexpr int64_t kPositionSlices = 16;
 int64_t position_slices(int64_t positions) {
-  return std::max<int64_t>(1, std::min<int64_t>((positions + kStatsBlock - 1) / kStatsBlock, kReductionTasks));
+  return std::max<int64_t>(1, std::min<int64_t>(positions / kSlicePositions, kPositionSlices));
 }
 
 // The statistics kernels work on x - pivot, pivot being one of the channel's own values:
@@ -135,6 +138,37 @@ void stats_channels_first(const scalar_t* x, const DenseLayout& l, const opmath_
   }
 }
 
+// bn::merge_moments over the C channels of a channels-last reduction, which share one count.
+template <typename acc_t>
+void merge_channel_moments(acc_t* mean, acc_t* var, int64_t& count, const acc_t* block_mean, const acc_t* block_var,
+                           int64_t block_count, int64_t C) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  if (block_count == 0) return;
+  if (count == 0) {  // not through the update, as in bn::merge_moments
+    std::copy(block_mean, block_mean + C, mean);
+    std::copy(block_var, block_var + C, var);
+    count = block_count;
+    return;
+  }
+  const acc_t share = static_cast<acc_t>(count) / static_cast<acc_t>(count + block_count);
+  const acc_t block_share = static_cast<acc_t>(block_count) / static_cast<acc_t>(count + block_count);
+  const Vec vshare(share), vblock_share(block_share);
+  int64_t c = 0;
+  for (; c + Vec::size() <= C; c += Vec::size()) {
+    const Vec delta = Vec::loadu(block_mean + c) - Vec::loadu(mean + c);
+    at::vec::fmadd(delta, vblock_share, Vec::loadu(mean + c)).store(mean + c);
+    (Vec::loadu(var + c) * vshare + Vec::loadu(block_var + c) * vblock_share +
+     (delta * vshare) * (delta * vblock_share))
+        .store(var + c);
+  }
+  for (; c < C; ++c) {
+    const acc_t delta = block_mean[c] - mean[c];
+    mean[c] += delta * block_share;
+    var[c] = var[c] * share + block_var[c] * block_share + (delta * share) * (delta * block_share);
+  }
+  count += block_count;
+}
+
 template <typename scalar_t>
 void stats_channels_last(const scalar_t* x, const DenseLayout& l, const opmath_t<scalar_t>* pivot,
                          opmath_t<scalar_t>* mean, opmath_t<scalar_t>* var, int64_t* count) {
@@ -152,7 +186,6 @@ void stats_channels_last(const scalar_t* x, const DenseLayout& l, const opmath_t
       acc_t* run_var = run_mean + C;
       acc_t* block_mean = run_var + C;
       acc_t* block_var = block_mean + C;
-      int64_t run_count = 0;
       const int64_t p_end = P * (slice + 1) / slices;
       for (int64_t p0 = P * slice / slices; p0 < p_end; p0 += kStatsBlock) {
         const int64_t rows = std::min(kStatsBlock, p_end - p0);
@@ -179,38 +212,16 @@ void stats_channels_last(const scalar_t* x, const DenseLayout& l, const opmath_t
             block_var[c] += d * inv_rows * d;
           }
         }
-        if (run_count == 0) {  // bn::merge_moments' first merge: a copy
-          std::copy(block_mean, block_mean + 2 * C, run_mean);
-          run_count = rows;
-          continue;
-        }
-        // bn::merge_moments per lane, with the counts shared by every channel.
-        const acc_t share = static_cast<acc_t>(run_count) / static_cast<acc_t>(run_count + rows);
-        const acc_t block_share = static_cast<acc_t>(rows) / static_cast<acc_t>(run_count + rows);
-        const Vec vshare(share), vblock_share(block_share);
-        int64_t c = 0;
-        for (; c + Vec::size() <= C; c += Vec::size()) {
-          const Vec delta = Vec::loadu(block_mean + c) - Vec::loadu(run_mean + c);
-          at::vec::fmadd(delta, vblock_share, Vec::loadu(run_mean + c)).store(run_mean + c);
-          (Vec::loadu(run_var + c) * vshare + Vec::loadu(block_var + c) * vblock_share +
-           (delta * vshare) * (delta * vblock_share))
-              .store(run_var + c);
-        }
-        for (; c < C; ++c) {
-          const acc_t delta = block_mean[c] - run_mean[c];
-          run_mean[c] += delta * block_share;
-          run_var[c] = run_var[c] * share + block_var[c] * block_share + (delta * share) * (delta * block_share);
-        }
-        run_count += rows;
+        merge_channel_moments(run_mean, run_var, part_count[slice], block_mean, block_var, rows, C);
       }
-      part_count[slice] = run_count;
     }
   });
+  int64_t total = 0;
   for (int64_t s = 0; s < slices; ++s) {
     const acc_t* run_mean = part.data() + 4 * C * s;
-    for (int64_t c = 0; c < C; ++c)
-      bn::merge_moments(mean[c], var[c], count[c], run_mean[c], run_mean[C + c], part_count[s]);
+    merge_channel_moments(mean, var, total, run_mean, run_mean + C, part_count[s], C);
   }
+  std::fill(count, count + C, total);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input_arg) {
