@@ -418,3 +418,26 @@ def test_cuda_matches_torch(dtype, channels_last, with_residual):
         if value is not None:
             torch.testing.assert_close(got_grads[key], value, **tol)
     torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_results_do_not_depend_on_the_thread_count(memory_format):
+    """The reductions split their work into a fixed number of tasks, merged in a fixed order,
+    whatever the threads: statistics, outputs and gradients are bit for bit the same."""
+    x = torch.randn(6, 5, 9, 7).to(memory_format=memory_format).requires_grad_()
+    residual, grad = torch.randn_like(x), torch.randn_like(x)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            x.grad = None
+            bn = cnn.BatchNormReLU2d(5)
+            y = bn(x, residual=residual)
+            y.backward(grad)
+            results.append([y, x.grad, bn.weight.grad, bn.running_mean, bn.running_var])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

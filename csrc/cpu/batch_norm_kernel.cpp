@@ -280,7 +280,6 @@ inline void sign_to_mask(const acc_t* __restrict pre, int64_t n, bool* __restric
   for (int64_t j = 0; j < n; ++j) bytes[j] = static_cast<uint8_t>(pre[j] > acc_t(0));
 }
 
-
 // The per-channel arrays of pre = (x - mean) * scale + bias (bn::normalize), from a span's
 // first channel: [0] for a row of one channel, [i] for lane i of a position's channels.
 template <typename acc_t>
