@@ -43,7 +43,7 @@ def _check(input, running_mean, running_var, training, momentum, eps, synchronis
 def _has_kernel(input):
     # The CPU kernels cover float32, float64 and bfloat16; float16 on CPU runs the reference,
     # and so does the 1-D empty input torch.nn.functional.batch_norm takes (no channel axis).
-    if input.device.type == "cpu" and input.dtype == torch.float16 or input.dim() < 2 and input.numel() == 0:
+    if (input.device.type == "cpu" and input.dtype == torch.float16) or (input.dim() < 2 and input.numel() == 0):
         return False
     return _ops.has_kernel("batch_norm_act", input.device.type)
 
