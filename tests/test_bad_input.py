@@ -308,6 +308,14 @@ CASES = {
         f = torch.compile(bn, backend="eager")
         raises(lambda: f(torch.randn(2, 4, 3, 3)), Exception, "4")
     """,
+    "max_pool_fake_checks": """
+        x = torch.empty(2, 3, 8, 8, device="meta")
+        raises(lambda: torch.ops.cnnkit.max_pool2d(x, [0]), RuntimeError, "kernel size")
+        raises(lambda: torch.ops.cnnkit.max_pool2d(torch.empty(3, 8, 8, device="meta"), [2]), ValueError, "4-D")
+        raises(lambda: torch.ops.cnnkit.max_pool2d(torch.empty(2, 3, 1, 1, device="meta"), [3]), RuntimeError,
+               "too small")
+        assert torch.ops.cnnkit.max_pool2d(x, [2]).shape == (2, 3, 4, 4)
+    """,
     # ---- other entry points
     "summary_bad_sizes": """
         model = cnnkit.models.get_model("lenet5")

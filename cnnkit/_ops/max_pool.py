@@ -3,12 +3,13 @@ keeps no indices; training pools with torch's max_pool2d)."""
 
 import torch
 
-from cnnkit._ops import dense_memory_format
+from cnnkit._ops import check, dense_memory_format
 from cnnkit.reference.max_pool import pooled_size
 
 
 @torch.library.register_fake("cnnkit::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
+    check("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
     def pair(values):
         return (values[0], values[0]) if len(values) == 1 else tuple(values)
 

@@ -24,13 +24,12 @@ int64_t pair_value(at::IntArrayRef values, int index) {
   return values.size() == 1 ? values[0] : values[index];
 }
 
-}  // namespace
-
-PoolWindow check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
-                            at::IntArrayRef stride, at::IntArrayRef padding,
-                            at::IntArrayRef dilation, bool ceil_mode) {
+// The checks of everything but the output size, which reads no size of the input.
+PoolWindow check_max_pool2d_arguments(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation) {
   TORCH_CHECK_VALUE(input.dim() == 4, "max_pool2d: expected a 4-D (N, C, H, W) input, got a ",
-                    input.dim(), "-D tensor of shape ", input.sizes());
+                    input.dim(), "-D tensor of shape ", input.sym_sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(input.scalar_type()),
                     "max_pool2d: input must be a floating-point tensor, got ", input.scalar_type());
   for (auto [name, values] : {std::pair{"kernel_size", kernel_size}, {"padding", padding},
@@ -60,6 +59,26 @@ PoolWindow check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
                   w.pad_w <= ((w.kernel_w - 1) * w.dilation_w + 1) / 2,
               "pad should be at most half of effective kernel size, but got pad=", padding,
               ", kernel_size=", kernel_size, " and dilation=", dilation);
+  return w;
+}
+
+// The check op (see csrc/ops/batch_norm.cpp), for the fake kernel. With symbolic sizes
+// (dynamic shapes) the output-size check is left to the kernel at run time.
+void check_max_pool2d_op(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  if (input.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
+    check_max_pool2d_arguments(input, kernel_size, stride, padding, dilation);
+  } else {
+    check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  }
+}
+
+}  // namespace
+
+PoolWindow check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, bool ceil_mode) {
+  PoolWindow w = check_max_pool2d_arguments(input, kernel_size, stride, padding, dilation);
   const int64_t height = input.size(2), width = input.size(3);
   w.out_h = pooled_size(height, w.kernel_h, w.stride_h, w.pad_h, w.dilation_h, ceil_mode);
   w.out_w = pooled_size(width, w.kernel_w, w.stride_w, w.pad_w, w.dilation_w, ceil_mode);
@@ -71,7 +90,14 @@ PoolWindow check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
 
 }  // namespace cnnkit
 
+TORCH_LIBRARY_IMPL(cnnkit, CompositeImplicitAutograd, m) {
+  m.impl("_check_max_pool2d", &cnnkit::check_max_pool2d_op);
+}
+
 TORCH_LIBRARY_FRAGMENT(cnnkit, m) {
+  m.def(
+      "_check_max_pool2d(Tensor input, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "bool ceil_mode) -> ()");
   m.def(
       "max_pool2d(Tensor input, int[] kernel_size, int[] stride=[], int[] padding=[0], "
       "int[] dilation=[1], bool ceil_mode=False) -> Tensor");
