@@ -17,17 +17,22 @@ def _like_input(input, dtype=None):
     return torch.empty_like(input, dtype=dtype, memory_format=dense_memory_format(input))
 
 
-@torch.library.register_fake("cnnkit::batch_norm_stats")
-def _batch_norm_stats_fake(input):
-    check("batch_norm_input", input)
+def _two_channel_stats(input):
+    """Two per-channel tensors of the stats dtype, as the statistics and reduce ops return."""
     channels = input.size(1)
     return input.new_empty((channels,), dtype=stats_dtype(input)), input.new_empty((channels,), dtype=stats_dtype(input))
 
 
+@torch.library.register_fake("cnnkit::batch_norm_stats")
+def _batch_norm_stats_fake(input):
+    check("batch_norm_input", input)
+    return _two_channel_stats(input)
+
+
 @torch.library.register_fake("cnnkit::batch_norm_train_stats")
 def _batch_norm_train_stats_fake(input, running_mean, running_var, momentum, eps):
-    check("batch_norm_running_stats", input, running_mean, running_var)
-    return _batch_norm_stats_fake(input)
+    check("batch_norm_running_stats", input, running_mean, running_var)  # the input's checks too
+    return _two_channel_stats(input)
 
 
 @torch.library.register_fake("cnnkit::batch_norm_act")
@@ -55,7 +60,7 @@ def _batch_norm_act_backward_fake(grad_output, input, weight, bias, mask, mean, 
 def _batch_norm_act_backward_reduce_fake(grad_output, input, weight, bias, mask, mean, invstd, activation,
                                          negative_slope):
     check("batch_norm_act_backward", grad_output, input, weight, bias, mask, mean, invstd, activation)
-    return _batch_norm_stats_fake(input)
+    return _two_channel_stats(input)
 
 
 @torch.library.register_fake("cnnkit::batch_norm_act_backward_apply")
