@@ -42,18 +42,16 @@ def inputs(draw, dtypes=(torch.float32, torch.float64, torch.bfloat16)):
     return x, grad, dtype
 
 
-def _rounded_to(dtype):
-    class RoundTrip(torch.autograd.Function):
-        """Rounds to `dtype` forward, and the gradient to it backward."""
+class _RoundToBFloat16(torch.autograd.Function):
+    """float32 rounded to bfloat16 forward, and the gradient rounded to it backward."""
 
-        @staticmethod
-        def forward(ctx, t):
-            return t.to(dtype)
+    @staticmethod
+    def forward(ctx, t):
+        return t.to(torch.bfloat16)
 
-        @staticmethod
-        def backward(ctx, g):
-            return g.to(dtype).float()
-    return RoundTrip
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(torch.bfloat16).float()
 
 
 def forward_backward(fn, x, grad, dtype=None):
@@ -86,7 +84,7 @@ def test_lrn_as_accurate_as_torch(case, size, beta):
     # (contiguous: torch.nn.LocalResponseNorm views its 5-D input and fails on some strides)
     def torch_lrn(t):
         if dtype == torch.bfloat16:
-            return _rounded_to(dtype).apply(torch.nn.LocalResponseNorm(*args)(t.float().contiguous()))
+            return _RoundToBFloat16.apply(torch.nn.LocalResponseNorm(*args)(t.float().contiguous()))
         return torch.nn.LocalResponseNorm(*args)(t.contiguous())
 
     theirs = forward_backward(torch_lrn, x, grad)
