@@ -52,7 +52,7 @@ from cnnkit.fx_patterns import (
     residual_of,
 )
 from cnnkit.nn.batchnorm import BatchNorm2d, BatchNormReLU2d
-from cnnkit.nn.blocks import BasicBlock, Bottleneck
+from cnnkit.nn.blocks import CNNKIT_BLOCKS, BasicBlock, Bottleneck
 
 
 def fuse(model, inplace=False):
@@ -138,7 +138,7 @@ def fuse_graph(gm):
         else:
             replace_module(gm, node.target, BatchNorm2d.from_torch(gm.get_submodule(node.target)))
     for module in gm.modules():  # blocks kept whole in the graph (memory-saving ones)
-        if isinstance(module, (BasicBlock, Bottleneck)):
+        if isinstance(module, CNNKIT_BLOCKS):
             _fuse_cnnkit_block(module)
     gm.graph.lint()
     gm.recompile()
@@ -188,7 +188,7 @@ def fuse_modules(model):
         if replacement is not None:
             setattr(model, name, replacement)
             continue
-        if isinstance(child, (BasicBlock, Bottleneck)):
+        if isinstance(child, CNNKIT_BLOCKS):
             _fuse_cnnkit_block(child)
         fuse_modules(child)
     if _runs_in_order(model):

@@ -1,5 +1,5 @@
-"""BasicBlock and Bottleneck: fused against torchvision's formula, the paper's stride
-placement, memory-saving mode, and BN folding in inference."""
+"""BasicBlock, Bottleneck and PlainBlock: fused against torchvision's formula, the paper's
+stride placement, memory-saving mode, and BN folding in inference."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 
 import cnnkit
 from cnnkit.models import resnet50
-from cnnkit.nn import BasicBlock, Bottleneck
+from cnnkit.nn import BasicBlock, Bottleneck, PlainBlock
 from cnnkit.nn.blocks import conv1x1
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
@@ -40,14 +40,14 @@ def make_block(kind, inplanes, planes, stride=1, fused=True, **kwargs):
     return cls(inplanes, planes, stride, downsample, norm_layer=norm_layer, **kwargs).double()
 
 
+def bn_formula(module, input):
+    return nn.functional.batch_norm(input, module.running_mean, module.running_var, module.weight,
+                                    module.bias, module.training, module.momentum, module.eps)
+
+
 def torchvision_forward(block, x):
     """torchvision's BasicBlock / Bottleneck forward, step by step, on torch.nn ops only."""
-    def bn(module, input):
-        use_batch = module.training
-        return nn.functional.batch_norm(
-            input, module.running_mean, module.running_var, module.weight, module.bias,
-            use_batch, module.momentum, module.eps)
-
+    bn = bn_formula
     identity = x
     out = torch.relu(bn(block.bn1, block.conv1(x)))
     out = bn(block.bn2, block.conv2(out))
@@ -98,6 +98,38 @@ def test_block_training_matches_eager(kind, inplanes, planes, stride, memory_eff
     reference = make_block(kind, inplanes, planes, stride, fused=False)
     reference.load_state_dict(eager.state_dict())
     torch.testing.assert_close(fused(x), torchvision_forward(reference, x))
+
+
+def plain_forward(block, x):
+    """The ResNet paper's plain baseline: conv-BN-ReLU twice, no shortcut."""
+    out = torch.relu(bn_formula(block.bn1, block.conv1(x)))
+    return torch.relu(bn_formula(block.bn2, block.conv2(out)))
+
+
+@pytest.mark.parametrize("inplanes, planes, stride", [(16, 16, 1), (16, 32, 2)])
+@pytest.mark.parametrize("memory_efficient", [False, True, "block"])
+def test_plain_block_is_two_conv_bn_relu(inplanes, planes, stride, memory_efficient):
+    torch.manual_seed(0)
+    fused = randomize(PlainBlock(inplanes, planes, stride, memory_efficient=memory_efficient).double())
+    formula = PlainBlock(inplanes, planes, stride, norm_layer=nn.BatchNorm2d).double()
+    formula.load_state_dict(fused.state_dict())
+    assert fused.downsample is None and list(fused.state_dict()) == list(formula.state_dict())
+    x = torch.randn(2, inplanes, 8, 8, dtype=torch.float64)
+    grad = torch.randn(2, planes, 8 // stride, 8 // stride, dtype=torch.float64)
+    results = []
+    for forward in (fused, lambda input: plain_forward(formula, input)):
+        input = x.clone().requires_grad_()
+        out = forward(input)
+        out.backward(grad)
+        results.append((out, input.grad))
+    torch.testing.assert_close(results[0], results[1])
+    for key in ("bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"):
+        torch.testing.assert_close(fused.state_dict()[key], formula.state_dict()[key], msg=key)
+    for block in (fused, formula):
+        block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)),
+                                   plain_forward(formula, x))
 
 
 def test_state_dict_keys_are_torchvisions():

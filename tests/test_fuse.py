@@ -177,7 +177,7 @@ def test_fuse_user_sequential():
 def test_fuse_vgg_bn_and_reference_resnet():
     """Models of the zoo built from torch.nn (fused=False) trace with torch.fx, their input
     checks included: fuse rewrites their graphs."""
-    for name, size in (("vgg11_bn", 32), ("resnet20", 16)):
+    for name, size in (("vgg11_bn", 32), ("resnet20", 16), ("plain20", 16)):
         torch.manual_seed(0)
         with torch.device("meta"):
             original = get_model(name, fused=False, num_classes=10)

@@ -57,6 +57,10 @@ PARITY_CASES = {
     "resnet44": (16, {}, True),
     "resnet56": (16, {}, True),
     "resnet110": (16, {}, True),
+    "plain20": (16, {}, False),
+    "plain32": (16, {}, True),
+    "plain44": (16, {}, True),
+    "plain56": (16, {}, True),
 }
 
 
@@ -144,7 +148,7 @@ def test_fused_matches_reference(name):
     channels = model_info(name).input_size[0]
     # ResNets end at 1x1 here: a batch of 4 keeps their last BatchNorms well conditioned
     # (with 2 values per channel, float64 rounding is amplified to ~1e-6).
-    batch = 4 if name.startswith("resnet") else 2
+    batch = 4 if name.startswith(("resnet", "plain")) else 2
     input = torch.randn(batch, channels, size, size, dtype=torch.float64)
     assert_models_match(reference, fused, input)
 
@@ -210,6 +214,34 @@ def test_parameter_counts(name, fused):
     model = build_on_meta(name, fused=fused)
     assert count_params(model) == PARAM_COUNTS[name]
     assert model_info(name).params == PARAM_COUNTS[name]
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56])
+def test_plain_networks_are_resnets_without_shortcuts(depth):
+    """The paper's comparison: the same convolutions, BatchNorms and widths, so the same
+    parameters under the same names as the option-A ResNet; option B adds its projections
+    (two stage transitions: a 1x1 conv and a BatchNorm each, 16->32 and 32->64)."""
+    plain = build_on_meta(f"plain{depth}")
+    option_a = build_on_meta(f"resnet{depth}")
+    option_b = build_on_meta(f"resnet{depth}", shortcut="B")
+    assert plain.state_dict().keys() == option_a.state_dict().keys()
+    assert count_params(plain) == count_params(option_a) == model_info(f"plain{depth}").params
+    assert count_params(option_b) - count_params(option_a) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert not any("downsample" in name for name, _ in plain.named_modules())
+
+
+def test_option_b_resnet_matches_reference():
+    reference, fused = reference_and_fused("resnet20", shortcut="B")
+    assert_models_match(reference, fused, torch.randn(4, 3, 16, 16, dtype=torch.float64))
+
+
+def test_bad_shortcut_and_depth_are_rejected():
+    from cnnkit.models import CifarPlainNet
+
+    with pytest.raises(ValueError, match="shortcut: expected 'A' .* or 'B' .*, got 'C'"):
+        get_model("resnet20", shortcut="C")
+    with pytest.raises(ValueError, match="plain: depth must be 6n \\+ 2 with n >= 1, got 21"):
+        CifarPlainNet(21)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -408,8 +440,8 @@ def test_get_model_rejects_unknown_names():
 
 
 def test_list_models_covers_the_zoo():
-    expected = {"lenet5", "alexnet", "alexnet_original", "resnet20", "resnet32", "resnet44",
-                "resnet56", "resnet110"} | set(TORCHVISION_NAMES)
+    cifar = {f"resnet{depth}" for depth in (20, 32, 44, 56, 110)} | {f"plain{depth}" for depth in (20, 32, 44, 56)}
+    expected = {"lenet5", "alexnet", "alexnet_original"} | cifar | set(TORCHVISION_NAMES)
     assert set(list_models()) == expected
 
 
@@ -442,7 +474,8 @@ def test_compile_has_no_graph_break(training):
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-@pytest.mark.parametrize("name, mode", [("resnet20", True), ("resnet20", "block"), ("resnet50", "block")])
+@pytest.mark.parametrize("name, mode", [("resnet20", True), ("resnet20", "block"), ("resnet50", "block"),
+                                        ("plain20", True)])
 def test_memory_saving_models_match_reference(name, mode):
     reference, _ = reference_and_fused(name)
     saving = get_model(name, fused=True, num_classes=10, memory_efficient=mode).double()

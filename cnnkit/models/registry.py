@@ -61,6 +61,10 @@ _MODELS = [
     ModelInfo("resnet56", "resnet_cifar:resnet56", 853_018, 125_485_696, (3, 32, 32), 10, _RESNET),
     ModelInfo("resnet110", "resnet_cifar:resnet110", 1_727_962, 252_887_680, (3, 32, 32), 10,
               _RESNET),
+    ModelInfo("plain20", "resnet_cifar:plain20", 269_722, 40_551_040, (3, 32, 32), 10, _RESNET),
+    ModelInfo("plain32", "resnet_cifar:plain32", 464_154, 68_862_592, (3, 32, 32), 10, _RESNET),
+    ModelInfo("plain44", "resnet_cifar:plain44", 658_586, 97_174_144, (3, 32, 32), 10, _RESNET),
+    ModelInfo("plain56", "resnet_cifar:plain56", 853_018, 125_485_696, (3, 32, 32), 10, _RESNET),
 ]
 
 MODELS = {info.name: info for info in _MODELS}

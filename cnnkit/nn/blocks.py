@@ -1,4 +1,5 @@
-"""ResNet's residual blocks, with torchvision's constructor arguments and attribute names.
+"""ResNet's residual blocks, with torchvision's constructor arguments and attribute names,
+and the plain block of the ResNet paper's baselines (a BasicBlock without its shortcut).
 
 Both blocks end in one fused BatchNorm + residual add + ReLU (``bn2`` of BasicBlock,
 ``bn3`` of Bottleneck, called with ``residual=identity``), and their inner BatchNorm +
@@ -86,9 +87,9 @@ def shortcut_norm_layer(fused):
     return BatchNorm2d if fused else nn.BatchNorm2d
 
 
-class _ResidualBlock(nn.Module):
-    """Shared forward pieces: BN + ReLU, BN + add + ReLU, fused or eager (decided per call
-    by the norm's type, see applies_relu)."""
+class _Block(nn.Module):
+    """Shared forward pieces of the blocks: BN + ReLU, BN + add + ReLU, fused or eager
+    (decided per call by the norm's type, see applies_relu), and memory-saving training."""
 
     def _finish_init(self, downsample, stride, memory_efficient):
         """What both blocks set after their layers (downsample last, as in torchvision,
@@ -132,7 +133,7 @@ class _ResidualBlock(nn.Module):
         return input if self.downsample is None else self.downsample(input)
 
 
-class BasicBlock(_ResidualBlock):
+class BasicBlock(_Block):
     """Two 3x3 convolutions and an identity (or projection) shortcut (ResNet-18/34)."""
 
     expansion = 1
@@ -172,7 +173,35 @@ class BasicBlock(_ResidualBlock):
         return self._bn_add_relu(self.bn2, out, identity)
 
 
-class Bottleneck(_ResidualBlock):
+class PlainBlock(_Block):
+    """A BasicBlock without its shortcut: two 3x3 convolutions, each followed by BN + ReLU.
+
+    The "plain" networks of He et al. 2015 (section 4.1, 4.2) stack these to show the
+    degradation that residual learning removes. The attribute names are BasicBlock's, so a
+    plain network's state_dict keys are those of its ResNet with option-A shortcuts.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, norm_layer=None, *, memory_efficient=False):
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = default_norm_layer(fused=True)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self._finish_init(None, stride, memory_efficient)
+
+    def _norms(self):
+        return (self.bn1, self.bn2)
+
+    def _forward(self, x):
+        out = self._bn_relu_conv(self.bn1, self.conv2, self.conv1(x))
+        return self._bn_relu(self.bn2, out)
+
+
+class Bottleneck(_Block):
     """1x1 reduce, 3x3, 1x1 expand (x4) and a shortcut (ResNet-50/101/152).
 
     The stride sits on the 3x3 convolution, as in torchvision ("ResNet v1.5"); with
@@ -220,6 +249,8 @@ class Bottleneck(_ResidualBlock):
         out = self._bn_relu_conv(self.bn2, self.conv3, out)
         return self._bn_add_relu(self.bn3, out, identity)
 
+
+CNNKIT_BLOCKS = (BasicBlock, PlainBlock, Bottleneck)  # what cnnkit.fuse gives fused norms
 
 _SYNCHRONISED = (SyncBatchNorm2d, SyncBatchNormReLU2d)
 

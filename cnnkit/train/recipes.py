@@ -46,6 +46,6 @@ def recipe_for(model_name):
         return dict(VGG)
     if model_name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
         return dict(RESNET_IMAGENET)
-    if model_name.startswith("resnet"):
+    if model_name.startswith(("resnet", "plain")):  # the paper trains both alike
         return dict(RESNET_CIFAR)
     return dict(GENERIC)
