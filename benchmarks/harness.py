@@ -7,28 +7,12 @@ same process and interleaved round by round, the median of the rounds reported.
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 
 import torch
 import torch.utils.benchmark as benchmark
 
-
-def machine():
-    """A one-line name of what the figures were measured on."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    simd = torch.backends.cpu.get_cpu_capability()
-    return f"{model} ({simd}), {torch.get_num_threads()} threads (torch {torch.__version__})"
+from cnnkit.info import git_revision, machine  # noqa: F401  (the benchmarks' names for them)
 
 
 def _median_ms(fn, min_run_time):
@@ -140,11 +124,3 @@ def write_results(name, records, table, directory=None):
         json.dump(records, f, indent=1)
     with open(os.path.join(directory, f"{name}.md"), "w") as f:
         f.write(f"# {name}\n\nMachine: {machine()}; revision {git_revision()}\n\n{table}\n")
-
-
-def git_revision():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

@@ -1,4 +1,4 @@
-"""The `cnnkit` command: `cnnkit info | train | evaluate | summary`, and `cnnkit --version`.
+"""The `cnnkit` command: `cnnkit info | train | evaluate | summary | experiment`, and `cnnkit --version`.
 
 Each subcommand lives with the code it drives and exposes main(argv) -> exit code; this
 module only dispatches, importing the subcommand lazily so `cnnkit info` stays fast.
@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "train": ("cnnkit.train.cli", "train_main", "train a model of the zoo"),
     "evaluate": ("cnnkit.train.cli", "evaluate_main", "top-1/top-5 of a checkpoint"),
     "summary": ("cnnkit.summary", "main", "per-layer table of a model of the zoo"),
+    "experiment": ("cnnkit.experiments", "main", "run a paper's experiment (degradation)"),
 }
 
 

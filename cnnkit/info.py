@@ -1,6 +1,8 @@
 """`cnnkit info`: versions, the backends compiled into cnnkit._C, and the registered ops."""
 
+import os
 import platform
+import subprocess
 
 import torch
 
@@ -21,6 +23,33 @@ def backends():
         f"torch's capability: {torch.backends.cpu.get_cpu_capability()})",
         "cuda": f"kernels for {_ops._C.cuda_archs}" if cuda_ops else "no CUDA",
     }
+
+
+def machine():
+    """A one-line name of the machine figures are measured on: the GPU, or the CPU model
+    with torch's SIMD capability and thread count."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    simd = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({simd}), {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def git_revision():
+    """The short git revision of the cnnkit source tree, or "unknown" outside a checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=os.path.dirname(cnnkit.__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def report():

@@ -13,7 +13,7 @@ from .augment import (  # noqa: F401
     ten_crop,
     to_float,
 )
-from .cifar import CIFAR10_CLASSES, load_cifar10  # noqa: F401
+from .cifar import CIFAR10_CLASSES, is_cifar10_directory, load_cifar10  # noqa: F401
 from .dataset import ImageDataset  # noqa: F401
 from .errors import DataError, DataFormatError, DataNotFoundError  # noqa: F401
 from .idx import read_idx, write_idx  # noqa: F401

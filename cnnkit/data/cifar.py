@@ -125,12 +125,23 @@ def _read_batch(path):
     return data, labels
 
 
+def _batches_directory(directory):
+    """cifar-10-batches-py itself, given it or its parent."""
+    directory = os.fspath(directory)
+    inner = os.path.join(directory, BATCHES_DIR)
+    return inner if os.path.isdir(inner) else directory
+
+
+def is_cifar10_directory(directory):
+    """True if `directory` (cifar-10-batches-py or its parent) holds all six batch files."""
+    directory = _batches_directory(directory)
+    return all(os.path.isfile(os.path.join(directory, name)) for name in TRAIN_BATCHES + TEST_BATCHES)
+
+
 def load_cifar10(directory, train=True):
     """The training (50,000) or test (10,000) split; `directory` is cifar-10-batches-py or
     its parent."""
-    directory = os.fspath(directory)
-    if os.path.isdir(os.path.join(directory, BATCHES_DIR)):
-        directory = os.path.join(directory, BATCHES_DIR)
+    directory = _batches_directory(directory)
     if not os.path.isdir(directory):
         raise DataNotFoundError(
             f"{directory}: no such directory; pass --data-dir (or set CNNKIT_DATA) to the "

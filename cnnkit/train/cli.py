@@ -112,7 +112,8 @@ def _parse(parser, argv):
         return None, int(exit_.code or 0)
 
 
-def _fail(command, error):
+def print_error(command, error):
+    """A user's mistake as one line on stderr, `cnnkit COMMAND: error: ...`; returns EXIT_ERROR."""
     message = " ".join(str(error).split("\n")[0].split())
     print(f"cnnkit {command}: error: {message}", file=sys.stderr)
     return EXIT_ERROR
@@ -128,7 +129,7 @@ def train_main(argv):
     try:
         result = fit(**settings)
     except USER_ERRORS as error:
-        return _fail("train", error)
+        return print_error("train", error)
     except KeyboardInterrupt:
         print("cnnkit train: aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -163,7 +164,7 @@ def evaluate_main(argv):
 
     for flag, value in (("--batch-size", args.batch_size), ("--limit-test", args.limit_test)):
         if value is not None and value <= 0:
-            return _fail("evaluate", f"{flag}: expected a positive int, got {value}")
+            return print_error("evaluate", f"{flag}: expected a positive int, got {value}")
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown as one line each
             warnings.simplefilter("always")
@@ -171,7 +172,7 @@ def evaluate_main(argv):
                 args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,
                 args.limit_test, optimize=args.optimize)
     except USER_ERRORS as error:
-        return _fail("evaluate", error)
+        return print_error("evaluate", error)
     for warning in caught:
         print(f"cnnkit evaluate: {warning.message}", file=sys.stderr)
     if args.per_class:
