@@ -12,6 +12,18 @@ import torch
 import torch.nn.functional as F
 
 ALEXNET_PCA_STD = 0.1  # Krizhevsky et al. 2012, section 4.1
+# ImageNet's channel mean and std in [0, 1] units, as torchvision's and timm's recipes
+# normalise with them; an image folder is normalised alike (decoding it all to measure
+# its own would take a pass over every file).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The principal components of ImageNet's RGB pixels in [0, 1] units (eigenvectors as
+# columns), for AlexNet's colour noise. The paper prints none; these are the values
+# computed as it describes and published with fb.resnet.torch, used by most reproductions.
+IMAGENET_PCA_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                             (-0.5808, -0.0045, -0.8140),
+                             (-0.5836, -0.6948, 0.4203))
 
 
 def _draw(sampler, count, shard):

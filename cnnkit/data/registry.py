@@ -10,6 +10,7 @@ import os
 
 from .cifar import load_cifar10
 from .errors import DataNotFoundError
+from .imagefolder import load_image_folder
 from .mnist import load_fashion_mnist, load_mnist
 
 DATA_ENV = "CNNKIT_DATA"
@@ -20,8 +21,8 @@ class DatasetInfo:
     name: str
     loader: object  # loader(directory, train=True) -> ImageDataset
     default_dir: str
-    image_shape: tuple  # (C, H, W)
-    num_classes: int
+    image_shape: tuple  # (C, H, W); None where the files tell
+    num_classes: int  # None where the files tell
     how_to_get: str
 
 
@@ -35,6 +36,9 @@ DATASETS = {
         DatasetInfo("cifar10", load_cifar10,
                     os.path.join("~", ".cache", "cnnkit", "cifar-10-batches-py"), (3, 32, 32), 10,
                     "download and extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+        DatasetInfo("imagefolder", load_image_folder, "", None, None,
+                    "pass --data-dir DIR holding DIR/train/<class>/<images> and "
+                    "DIR/val/<class>/<images>"),
     )
 }
 

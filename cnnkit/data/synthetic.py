@@ -1,8 +1,10 @@
-"""A small, learnable stand-in for MNIST, written as the four IDX files.
+"""Small, learnable stand-ins for MNIST (the four IDX files), CIFAR-10 (its pickles) and
+an image folder (JPEG and PNG files).
 
-Each class is a bright 8x8 square at its own place on a noisy background: a network
-that learns anything gets it right, so a few seconds of training must beat chance by far.
-Used by the tests and handy for trying the training command without real data.
+Each class is a bright square at its own place on a noisy background: a network that
+learns anything gets it right, so a few seconds of training must beat chance by far.
+Used by the tests and benchmarks, and handy for trying the training command without
+real data.
 """
 
 import os
@@ -55,4 +57,35 @@ def write_synthetic_cifar10(directory, train=1000, test=200, seed=0):
                  b"labels": labels.tolist()}
         with open(os.path.join(directory, name), "wb") as file:
             pickle.dump(batch, file, protocol=2)
+    return directory
+
+
+def write_synthetic_image_folder(directory, classes=("cat", "dog", "fish"), train=4, val=2,
+                                 size=(500, 375), seed=0, formats=("jpg", "png")):
+    """Write DIR/train/<class>/ and DIR/val/<class>/ images of `size` (width, height),
+    cycling through `formats` (JPEG at quality 90, about the size of an ImageNet photo of
+    these dimensions); returns the directory."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    width, height = size
+    side = max(min(width, height) // 4, 1)
+    # A smooth colour field under mild noise: what a camera gives, for the JPEG decoder.
+    rows = torch.linspace(0, 1, height).view(-1, 1, 1)
+    cols = torch.linspace(0, 1, width).view(1, -1, 1)
+    for split, count in (("train", train), ("val", val)):
+        for label, name in enumerate(classes):
+            folder = os.path.join(directory, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for index in range(count):
+                tint = torch.rand(2, 1, 1, 3, generator=generator) * 120
+                noise = torch.randint(0, 40, (height, width, 3), generator=generator)
+                image = tint[0] * rows + tint[1] * cols + noise
+                top = (label * side) % max(height - side, 1)
+                left = (label * side // 2) % max(width - side, 1)
+                image[top:top + side, left:left + side] += 100
+                pixels = image.clamp_(0, 255).to(torch.uint8).numpy()
+                extension = formats[index % len(formats)]
+                Image.fromarray(pixels).save(os.path.join(folder, f"{index:05d}.{extension}"),
+                                             quality=90)
     return directory

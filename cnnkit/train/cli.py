@@ -88,6 +88,8 @@ def train_parser(model=None):
     add("--limit-train", type=int, help="train on the first N examples only")
     add("--limit-test", type=int, help="evaluate on the first N examples only")
     add("--eval-batch-size", type=int)
+    add("--workers", type=int, help="processes decoding an image folder (default: the cores "
+                                    "available; 0 decodes in the training process)")
     return parser
 
 
@@ -149,6 +151,7 @@ def evaluate_parser():
     add("--ten-crop", action=argparse.BooleanOptionalAction, default=None)
     add("--limit-test", type=int)
     add("--per-class", action="store_true", help="also print each class's accuracy")
+    add("--workers", type=int, default=0, help="processes decoding an image folder")
     add("--optimize", action="store_true",
         help="run the frozen inference model of cnnkit.optimize_for_inference (BatchNorm "
              "folded into the convolutions, prepacked weights)")
@@ -165,12 +168,14 @@ def evaluate_main(argv):
     for flag, value in (("--batch-size", args.batch_size), ("--limit-test", args.limit_test)):
         if value is not None and value <= 0:
             return print_error("evaluate", f"{flag}: expected a positive int, got {value}")
+    if args.workers < 0:
+        return print_error("evaluate", f"--workers: expected an int >= 0, got {args.workers}")
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown as one line each
             warnings.simplefilter("always")
             path, metrics, meter, test_set = evaluate_checkpoint(
                 args.checkpoint, args.data_dir, args.device, args.batch_size, args.ten_crop,
-                args.limit_test, optimize=args.optimize)
+                args.limit_test, optimize=args.optimize, workers=args.workers)
     except USER_ERRORS as error:
         return print_error("evaluate", error)
     for warning in caught:

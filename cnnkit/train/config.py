@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 
 import torch
 
@@ -16,7 +17,7 @@ class ConfigError(ValueError):
 
 
 OPTIMIZERS = ("sgd", "adam")
-AUGMENTATIONS = ("crop", "flip", "pca")
+AUGMENTATIONS = ("crop", "resized_crop", "flip", "pca")
 AMP_DTYPES = ("bfloat16", "float16")
 DEVICE_TYPES = ("cpu", "cuda")  # what the training loop and the checkpoints support
 
@@ -81,6 +82,7 @@ class TrainConfig:
     limit_test: int = None
     eval_batch_size: int = 1000
     keep_checkpoints: int = 2
+    workers: int = None  # image-folder decoding processes; None: the cores available
 
     def resolved(self):
         """A copy with every None filled from the model's recipe, and values checked."""
@@ -134,10 +136,28 @@ class TrainConfig:
                     f"{name}: expected a finite number >= 0, got {getattr(self, name)!r}")
         if self.device is not None:
             parse_device(self.device)
+        if self.workers is not None and (not isinstance(self.workers, int)
+                                         or isinstance(self.workers, bool) or self.workers < 0):
+            raise ConfigError(f"workers: expected an int >= 0, got {self.workers!r}")
+        self._check_augmentations()
+
+    def _check_augmentations(self):
         unknown = set(self.augmentations) - set(AUGMENTATIONS)
         if unknown:
             raise ConfigError(f"augment: unknown augmentation {sorted(unknown)[0]!r}; expected "
                              f"a comma-separated subset of {', '.join(AUGMENTATIONS)}, or none")
+        if "resized_crop" in self.augmentations:
+            if "crop" in self.augmentations:
+                raise ConfigError("augment: crop and resized_crop are two ways to crop; pick one")
+            if self.dataset != "imagefolder":
+                raise ConfigError("augment: resized_crop needs --dataset imagefolder (it crops "
+                                  "the decoded files; the in-memory data sets use crop)")
+
+    @property
+    def worker_count(self):
+        """--workers, else the cores this process may run on (on the machine running it:
+        a resumed run does not inherit another machine's count)."""
+        return len(os.sched_getaffinity(0)) if self.workers is None else self.workers
 
     @property
     def augmentations(self):

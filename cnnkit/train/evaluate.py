@@ -5,12 +5,12 @@ import warnings
 
 import torch
 
-from cnnkit.data import BatchLoader, load_dataset
+from cnnkit.data import DataFormatError, load_dataset
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, parse_device
 from .metrics import ClassificationMeter
-from .pipeline import InputPipeline
+from .pipeline import InputPipeline, make_loader
 
 
 def _warn_skipped(error):
@@ -47,9 +47,11 @@ def build_model(path, state, device):
 
 @torch.no_grad()
 def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, ten_crop=None,
-                        limit=None, optimize=False):
-    """Returns (path, metrics dict, ClassificationMeter) for the checkpoint's test set;
-    ``optimize`` runs cnnkit.optimize_for_inference's frozen form of the model."""
+                        limit=None, optimize=False, workers=0):
+    """Returns (path, metrics dict, ClassificationMeter, test set) for the checkpoint's
+    test set; ``optimize`` runs cnnkit.optimize_for_inference's frozen form of the model;
+    ``workers`` processes decode an image folder. Files that cannot be decoded are left
+    out, with a warning each."""
     from cnnkit.inference import optimize_for_inference
     from cnnkit.models import model_info
 
@@ -60,6 +62,7 @@ def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, te
     if optimize:
         model = optimize_for_inference(model)
     test_set = load_dataset(config.dataset, data_dir or config.data_dir, train=False).subset(limit)
+    _check_classes(path, state, test_set)
     use_ten_crop = config.ten_crop if ten_crop is None else ten_crop
     caveat = config.ten_crop_caveat(use_ten_crop)
     if caveat:
@@ -67,7 +70,9 @@ def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, te
     pipeline = InputPipeline(state["data_stats"], model_info(state["model_name"]).input_size[1:],
                              ten_crop=use_ten_crop)
     meter = ClassificationMeter(test_set.num_classes)
-    for images, labels in BatchLoader(test_set, batch_size, device=device):
+    loader = make_loader(test_set, batch_size, pipeline, train=False, workers=workers,
+                         on_skip=_warn_unreadable, device=device)
+    for images, labels in loader:
         inputs = pipeline.evaluate(images)
         if use_ten_crop:
             probabilities = torch.stack([model(crop).float().softmax(1) for crop in inputs])
@@ -76,4 +81,21 @@ def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, te
             logits = model(inputs).float()
         loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
         meter.update(logits, labels, loss)
+    loader.close()
     return path, meter.compute(), meter, test_set
+
+
+def _warn_unreadable(path, reason):
+    warnings.warn(f"skipping {path}: cannot decode it ({reason})", stacklevel=2)
+
+
+def _check_classes(path, state, test_set):
+    """The test set's labels mean what the model learned: the same class names in the same
+    order (checkpoints record them; older ones do not)."""
+    trained = tuple(state.get("classes") or test_set.classes)
+    if trained != tuple(test_set.classes):
+        raise DataFormatError(
+            f"{path}: the model was trained on classes {', '.join(trained[:5])}"
+            f"{', ...' if len(trained) > 5 else ''} ({len(trained)}), the test set holds "
+            f"{', '.join(test_set.classes[:5])}{', ...' if len(test_set.classes) > 5 else ''} "
+            f"({len(test_set.classes)}); evaluate on the data set it was trained on")

@@ -14,13 +14,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cnnkit.data import BatchLoader, load_dataset
+from cnnkit.data import load_dataset
 
 from . import checkpoint as ckpt
 from . import distributed
 from .config import ConfigError, TrainConfig, parse_device
 from .metrics import ClassificationMeter
-from .pipeline import InputPipeline, data_statistics
+from .pipeline import InputPipeline, data_statistics, make_loader
 from .progress import Progress, format_duration
 from .records import RunRecords
 from .schedules import DivideOnPlateau, build_scheduler
@@ -182,11 +182,19 @@ class Trainer:
         # shards; evaluation runs the bare (or compiled bare) model.
         self.eval_model = self.model if self.process.distributed else self.train_model
         rank, world = self.process.rank, self.process.world_size
-        self.train_loader = BatchLoader(self.train_set, config.batch_size // world, shuffle=True,
-                                        seed=config.seed, rank=rank, world_size=world,
-                                        pad=True, device=device)
-        self.test_loader = BatchLoader(self.test_set, config.eval_batch_size, rank=rank,
-                                       world_size=world, pad=False, device=device)
+        self.skipped_files = {}
+        loading = dict(workers=config.worker_count, on_skip=self._warn_unreadable, rank=rank,
+                       world_size=world, device=device)
+        self.train_loader = make_loader(self.train_set, config.batch_size // world,
+                                        self.pipeline, train=True, shuffle=True,
+                                        seed=config.seed, pad=True, **loading)
+        self.test_loader = make_loader(self.test_set, config.eval_batch_size, self.pipeline,
+                                       train=False, pad=False, **loading)
+
+    def _warn_unreadable(self, path, reason):
+        """A file that cannot be decoded is left out of its batches, said once, and counted."""
+        self.skipped_files[path] = reason
+        self.say(f"warning: skipping {path}: cannot decode it ({reason})")
 
     def _optimizer(self):
         config = self.config
@@ -224,6 +232,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "history": self.history,
             "data_stats": self.data_stats,
+            "classes": list(self.train_set.classes),
         }
 
     def _save(self, epoch, step, train_meter=None, epoch_seconds=0.0):
@@ -322,7 +331,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             meter.update(logits, labels, loss.detach() * labels.shape[0])
-            progress.advance(labels.shape[0] * world, meter)
+            progress.advance(labels.shape[0] * world, meter, self.train_loader.decode_rate())
             if self.on_batch_end is not None:
                 self.on_batch_end(self, epoch, step)
             if distributed.any_process(self.stop_requested, self.process, self.device):
@@ -342,6 +351,7 @@ class Trainer:
             "epoch_s": round(seconds, 3),
             "train_images_per_s": round(images / max(seconds, 1e-9), 1),
             "elapsed_s": round(self.elapsed, 3),
+            "classes": list(self.train_set.classes),  # label i is classes[i]
         }
 
     def _describe(self, record):
@@ -363,6 +373,9 @@ class Trainer:
             return result
         finally:
             torch.set_num_threads(threads)
+            for name in ("train_loader", "test_loader"):
+                if getattr(self, name, None) is not None:
+                    getattr(self, name).close()  # worker processes
             if getattr(self, "owns_process_group", False):
                 distributed.destroy_process_group()
 
@@ -403,7 +416,7 @@ class Trainer:
         if self.state is not None:
             start_epoch, start_step = self._restore(resume_path, self.state)
         self.say(f"training {config.model} on {config.dataset} ({len(self.train_set)} train, "
-                 f"{len(self.test_set)} test images) for {config.epochs} epochs, batch "
+                 f"{len(self.test_set)} test images, {self.train_set.num_classes} classes) for {config.epochs} epochs, batch "
                  f"{config.batch_size}, {config.optimizer}, {config.schedule} schedule, "
                  f"{self.device}, {self.process.world_size} process(es), "
                  f"{torch.get_num_threads()} threads; output {config.output}")
@@ -464,6 +477,9 @@ class Trainer:
         config = self.config
         if self.process.is_main and self.history:
             self.records.plot(self.history, f"{config.model} on {config.dataset}")
+        if self.skipped_files:
+            self.say(f"skipped {len(self.skipped_files)} image file(s) that cannot be decoded "
+                     "(named above)")
         training = sum(record["epoch_s"] for record in self.history)
         self.say(f"{config.model} on {config.dataset}: test top-1 accuracy "
                  f"{100 * test['top1_acc']:.2f}%, top-5 error {100 * test['top5_err']:.2f}% "

@@ -37,7 +37,9 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
-    def advance(self, images, meter):
+    def advance(self, images, meter, decode_rate=None):
+        """decode_rate: images/s the data loader's workers decode (None: nothing to decode);
+        below the training rate, decoding is the bottleneck."""
         self.steps += 1
         self.images += images
         if self.bar is None:
@@ -46,7 +48,9 @@ class Progress:
         if self.steps % POSTFIX_EVERY == 0:
             rate = self.images / max(time.perf_counter() - self.started, 1e-9)
             loss = meter.state[0].item() / max(meter.count, 1)
-            self.bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} img/s", refresh=False)
+            data = "" if decode_rate is None else f", data {decode_rate:.0f} img/s"
+            self.bar.set_postfix_str(f"loss {loss:.4f}, train {rate:.0f} img/s{data}",
+                                     refresh=False)
 
     @staticmethod
     def write(line):
