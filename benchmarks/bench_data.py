@@ -36,6 +36,7 @@ from cnnkit.data import (  # noqa: E402
     write_synthetic_image_folder,
 )
 from cnnkit.models import get_model  # noqa: E402
+from cnnkit.train.config import available_cores  # noqa: E402
 from cnnkit.train.pipeline import InputPipeline, data_statistics  # noqa: E402
 
 SIZE = (500, 375)
@@ -129,7 +130,7 @@ def main():
     parser.add_argument("--images", type=int, default=256, help="JPEGs to generate")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--workers", type=int, default=available_cores(),
                         help="loader processes for the training-step comparison")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -147,7 +148,7 @@ def main():
         pipeline = InputPipeline(stats, (224, 224), ("crop", "flip", "pca"), channels_last=True)
         records.append({"measure": "batched crop 224 + flip + PCA + normalise, 1 thread",
                         "images_per_s": round(batched_rate(pipeline), 1)})
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        torch.set_num_threads(available_cores())
         for workers in (1, 2):
             records.append({"measure": f"FolderLoader, {workers} worker(s), batches of {BATCH}",
                             "images_per_s": round(loader_rate(folder, workers), 1)})

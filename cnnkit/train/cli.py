@@ -151,7 +151,8 @@ def evaluate_parser():
     add("--ten-crop", action=argparse.BooleanOptionalAction, default=None)
     add("--limit-test", type=int)
     add("--per-class", action="store_true", help="also print each class's accuracy")
-    add("--workers", type=int, default=0, help="processes decoding an image folder")
+    add("--workers", type=int, help="processes decoding an image folder (default: the cores "
+                                    "available)")
     add("--optimize", action="store_true",
         help="run the frozen inference model of cnnkit.optimize_for_inference (BatchNorm "
              "folded into the convolutions, prepacked weights)")
@@ -168,7 +169,7 @@ def evaluate_main(argv):
     for flag, value in (("--batch-size", args.batch_size), ("--limit-test", args.limit_test)):
         if value is not None and value <= 0:
             return print_error("evaluate", f"{flag}: expected a positive int, got {value}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         return print_error("evaluate", f"--workers: expected an int >= 0, got {args.workers}")
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown as one line each

@@ -12,6 +12,11 @@ from .recipes import recipe_for
 from .schedules import SCHEDULES, resnet_milestones
 
 
+def available_cores():
+    """The cores this process may run on: the default number of decoding workers."""
+    return len(os.sched_getaffinity(0))
+
+
 class ConfigError(ValueError):
     """A training setting is invalid (an unknown model, a bad value)."""
 
@@ -157,7 +162,7 @@ class TrainConfig:
     def worker_count(self):
         """--workers, else the cores this process may run on (on the machine running it:
         a resumed run does not inherit another machine's count)."""
-        return len(os.sched_getaffinity(0)) if self.workers is None else self.workers
+        return available_cores() if self.workers is None else self.workers
 
     @property
     def augmentations(self):

@@ -8,7 +8,7 @@ import torch
 from cnnkit.data import DataFormatError, load_dataset
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, parse_device
+from .config import TrainConfig, available_cores, parse_device
 from .metrics import ClassificationMeter
 from .pipeline import InputPipeline, make_loader
 
@@ -47,11 +47,11 @@ def build_model(path, state, device):
 
 @torch.no_grad()
 def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, ten_crop=None,
-                        limit=None, optimize=False, workers=0):
+                        limit=None, optimize=False, workers=None):
     """Returns (path, metrics dict, ClassificationMeter, test set) for the checkpoint's
     test set; ``optimize`` runs cnnkit.optimize_for_inference's frozen form of the model;
-    ``workers`` processes decode an image folder. Files that cannot be decoded are left
-    out, with a warning each."""
+    ``workers`` processes (default: the cores available) decode an image folder. Files
+    that cannot be decoded are left out, with a warning each."""
     from cnnkit.inference import optimize_for_inference
     from cnnkit.models import model_info
 
@@ -70,6 +70,7 @@ def evaluate_checkpoint(source, data_dir=None, device="cpu", batch_size=1000, te
     pipeline = InputPipeline(state["data_stats"], model_info(state["model_name"]).input_size[1:],
                              ten_crop=use_ten_crop)
     meter = ClassificationMeter(test_set.num_classes)
+    workers = available_cores() if workers is None else workers
     loader = make_loader(test_set, batch_size, pipeline, train=False, workers=workers,
                          on_skip=_warn_unreadable, device=device)
     for images, labels in loader:
