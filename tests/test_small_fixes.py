@@ -55,6 +55,20 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
         assert progress.bar is None
 
 
+def test_progress_bar_shows_the_decoding_rate_beside_the_training_rate(monkeypatch):
+    from cnnkit.train.metrics import ClassificationMeter
+
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    meter = ClassificationMeter(2)
+    for decode_rate, expected in ((None, None), (123.4, ", data 123 img/s")):
+        with Progress(20, 0, "epoch 1/1") as progress:
+            for _ in range(10):
+                progress.advance(4, meter, decode_rate)
+            postfix = progress.bar.postfix
+        assert "train " in postfix and "img/s" in postfix
+        assert (expected in postfix) if expected else ("data" not in postfix)
+
+
 def test_plot_of_one_epoch_shows_every_point(monkeypatch, tmp_path):
     figures = []
     save = matplotlib.figure.Figure.savefig
