@@ -19,7 +19,7 @@ DATA_ENV = "CNNKIT_DATA"
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    loader: object  # loader(directory, train=True) -> ImageDataset
+    loader: object  # loader(directory, train=True) -> ImageDataset or ImageFolder
     default_dir: str
     image_shape: tuple  # (C, H, W); None where the files tell
     num_classes: int  # None where the files tell

@@ -416,9 +416,9 @@ class Trainer:
         if self.state is not None:
             start_epoch, start_step = self._restore(resume_path, self.state)
         self.say(f"training {config.model} on {config.dataset} ({len(self.train_set)} train, "
-                 f"{len(self.test_set)} test images, {self.train_set.num_classes} classes) for {config.epochs} epochs, batch "
-                 f"{config.batch_size}, {config.optimizer}, {config.schedule} schedule, "
-                 f"{self.device}, {self.process.world_size} process(es), "
+                 f"{len(self.test_set)} test images, {self.train_set.num_classes} classes) for "
+                 f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer}, "
+                 f"{config.schedule} schedule, {self.device}, {self.process.world_size} process(es), "
                  f"{torch.get_num_threads()} threads; output {config.output}")
         caveat = config.ten_crop_caveat(config.ten_crop)
         if caveat:
