@@ -418,8 +418,8 @@ class Trainer:
         self.say(f"training {config.model} on {config.dataset} ({len(self.train_set)} train, "
                  f"{len(self.test_set)} test images, {self.train_set.num_classes} classes) for "
                  f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer}, "
-                 f"{config.schedule} schedule, {self.device}, {self.process.world_size} process(es), "
-                 f"{torch.get_num_threads()} threads; output {config.output}")
+                 f"{config.schedule} schedule, {self.device}, {self.process.world_size} "
+                 f"process(es), {torch.get_num_threads()} threads; output {config.output}")
         caveat = config.ten_crop_caveat(config.ten_crop)
         if caveat:
             self.say(caveat)
