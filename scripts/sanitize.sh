@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The op tests on CPU kernels built with AddressSanitizer and UBSan (CI runs this).
+# The op tests on CPU kernels built with AddressSanitizer and UBSan, and the CUDA kernels
+# run on the CPU through the test-only emulation, also so built (CI runs this).
 #
 # Builds cnnkit._C with CNNKIT_SANITIZE=1 into build/sanitize (the installed build is left
 # alone), puts it beside a copy of the Python package, and runs the op tests and the
@@ -30,5 +31,6 @@ tests=$PWD/tests
 cd "$out/package"
 python -c 'import cnnkit, sys; path = cnnkit._ops._C.__file__; print("testing", path);
 sys.exit(0 if "/build/sanitize/" in path else "not the sanitized build: " + path)'
-python -m pytest -q -p no:cacheprovider "$tests/test_lrn.py" "$tests/test_batch_norm.py" "$tests/test_max_pool.py" \
-  "$tests/test_bad_input.py" "$tests/test_properties.py"
+# CNNKIT_SANITIZE=1 builds the emulated CUDA kernels (tests/emulated_cuda.py) with the sanitizers.
+CNNKIT_SANITIZE=1 python -m pytest -q -p no:cacheprovider "$tests/test_lrn.py" "$tests/test_batch_norm.py" \
+  "$tests/test_max_pool.py" "$tests/test_bad_input.py" "$tests/test_properties.py" "$tests/test_emulated_cuda.py"

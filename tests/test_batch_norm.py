@@ -441,3 +441,18 @@ def test_results_do_not_depend_on_the_thread_count(memory_format):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1, 1)])
+def test_running_var_of_a_single_value_per_channel_is_nan_as_in_torch(shape):
+    # The modules refuse such a batch in training (ValueError, as torch.nn); the raw op
+    # updates the running statistics as torch.batch_norm does: the unbiased variance of one
+    # value is 0 / 0.
+    x = torch.randn(shape)
+    expected_mean, expected_var = torch.zeros(3), torch.ones(3)
+    torch.batch_norm(x, None, None, expected_mean, expected_var, True, 0.1, 1e-5, False)
+    running_mean, running_var = torch.zeros(3), torch.ones(3)
+    torch.ops.cnnkit.batch_norm_train_stats(x, running_mean, running_var, 0.1, 1e-5)
+    torch.testing.assert_close(running_mean, expected_mean)
+    torch.testing.assert_close(running_var, expected_var, equal_nan=True)
+    assert running_var.isnan().all()

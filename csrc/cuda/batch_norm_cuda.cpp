@@ -74,8 +74,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
   const BatchNormBackwardTensors t =
       batch_norm_backward_tensors(grad_output, input, weight, bias, mask, mean, invstd, activation);
   const auto options = t.input.options().dtype(batch_norm_stats_dtype(t.input));
-  at::Tensor sum_g = at::zeros({t.layout.channels}, options);
-  at::Tensor sum_gx = at::zeros({t.layout.channels}, options);
+  at::Tensor sum_g = at::empty({t.layout.channels}, options);  // every channel is written
+  at::Tensor sum_gx = at::empty({t.layout.channels}, options);
   at::Tensor workspace = workspace_for(t.input, t.layout);
   C10_CUDA_CHECK(batch_norm_act_backward_reduce(
       launcher_type(t.input.scalar_type(), "batch_norm_act"), t.grad_output.const_data_ptr(),

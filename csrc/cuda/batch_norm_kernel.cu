@@ -5,11 +5,14 @@
 // per channel merges the slices. In channels-first order a block serves one channel and its
 // threads walk consecutive positions; in channels-last order its 32 columns are 32
 // consecutive channels and its 8 rows walk positions, so loads are coalesced either way.
-// The statistics use Welford's update per thread and Chan's merge between threads and
-// slices. The elementwise passes run one thread per element in memory order.
+// The statistics are moments of x minus a per-channel pivot: each thread sums runs of kRun
+// elements as offsets from the run's first element and merges the runs' moments by Chan's
+// update (one division per run, not per element); Chan's update merges threads and slices. The elementwise passes run one
+// thread per element in memory order.
 #include <cnnkit/batch_norm.h>
 
 #include "cuda/batch_norm_kernel.h"
+#include "cuda/launch.cuh"
 #include "cuda/opmath.cuh"
 
 namespace cnnkit {
@@ -22,6 +25,7 @@ constexpr int kColumns = 32;
 constexpr int kRows = 8;
 constexpr int kThreads = kColumns * kRows;
 constexpr int64_t kMaxSlices = 64;
+constexpr int kRun = 16;
 constexpr int kElementwiseThreads = 256;
 
 int64_t slices_for(const DenseLayout& s) {
@@ -96,20 +100,32 @@ __global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
   const ChannelWalk walk{s.channels, s.positions, s.channels_last};
   int64_t begin, end;
   slice_bounds(s, begin, end);
-  acc_t mean = 0, m2 = 0;
+  // Moments of x - pivot, the channel's first element: near the mean, so the thread's and the
+  // slices' means stay small numbers whose differences Chan's update can square without
+  // cancellation, even where |mean| is large against the standard deviation.
+  acc_t mean = 0, var = 0;
   int64_t count = 0;  // an integer: a float count stops growing at 2^24
-  if (w.active) {
-    for (int64_t p = begin + w.first; p < end; p += w.step) {
-      const acc_t v = to_opmath(x[walk.offset(w.channel, p)]);
-      ++count;
-      const acc_t delta = v - mean;
-      mean += delta / static_cast<acc_t>(count);
-      m2 += delta * (v - mean);
+  if (w.active && begin < end) {
+    const acc_t pivot = to_opmath(x[walk.offset(w.channel, 0)]);
+    for (int64_t p = begin + w.first; p < end;) {
+      // One run: offsets from its own first element, summed without a division.
+      const acc_t first = to_opmath(x[walk.offset(w.channel, p)]);
+      acc_t sum = 0, sum_sq = 0;
+      int run = 0;
+      for (; run < kRun && p < end; ++run, p += w.step) {
+        const acc_t offset = to_opmath(x[walk.offset(w.channel, p)]) - first;
+        sum += offset;
+        sum_sq += offset * offset;
+      }
+      const acc_t shift = sum / static_cast<acc_t>(run);
+      const acc_t run_var = sum_sq / static_cast<acc_t>(run) - shift * shift;
+      bn::merge_moments(mean, var, count, (first - pivot) + shift, run_var < acc_t(0) ? acc_t(0) : run_var,
+                        static_cast<int64_t>(run));
     }
   }
   const int tid = threadIdx.y * kColumns + threadIdx.x;
   sh_mean[tid] = mean;
-  sh_var[tid] = count > 0 ? m2 / static_cast<acc_t>(count) : acc_t(0);
+  sh_var[tid] = var;
   sh_count[tid] = static_cast<acc_t>(count);
   block_merge(s.channels_last, [&](int into, int from) {
     bn::merge_moments(sh_mean[into], sh_var[into], sh_count[into], sh_mean[from], sh_var[from], sh_count[from]);
@@ -122,17 +138,21 @@ __global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
   }
 }
 
-template <typename acc_t>
-__global__ void stats_finish_kernel(const acc_t* __restrict__ workspace, int64_t slices, int64_t channels,
-                                    acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out) {
+template <typename T>
+__global__ void stats_finish_kernel(const T* __restrict__ x, const typename Opmath<T>::type* __restrict__ workspace,
+                                    int64_t slices, DenseLayout s, typename Opmath<T>::type* __restrict__ mean_out,
+                                    typename Opmath<T>::type* __restrict__ var_out) {
+  using acc_t = typename Opmath<T>::type;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= channels) return;
+  if (c >= s.channels) return;
   acc_t mean = 0, var = 0, count = 0;
   for (int64_t k = 0; k < slices; ++k) {
-    const acc_t* slot = workspace + (k * channels + c) * 3;
+    const acc_t* slot = workspace + (k * s.channels + c) * 3;
     bn::merge_moments(mean, var, count, slot[0], slot[1], slot[2]);
   }
-  mean_out[c] = mean;
+  // The partial means are of x - pivot (stats_partial_kernel).
+  const ChannelWalk walk{s.channels, s.positions, s.channels_last};
+  mean_out[c] = count > acc_t(0) ? to_opmath(x[walk.offset(c, 0)]) + mean : acc_t(0);
   var_out[c] = var;
 }
 
@@ -252,6 +272,13 @@ unsigned elementwise_blocks(int64_t numel) {
   return static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
 
+// The finish kernels: one thread per channel.
+constexpr int kFinishThreads = 256;
+
+unsigned finish_blocks(const DenseLayout& s) {
+  return static_cast<unsigned>((s.channels + kFinishThreads - 1) / kFinishThreads);
+}
+
 dim3 reduce_grid(const DenseLayout& s) {
   const int64_t columns = s.channels_last ? (s.channels + kColumns - 1) / kColumns : s.channels;
   return dim3(static_cast<unsigned>(columns), static_cast<unsigned>(slices_for(s)));
@@ -266,7 +293,9 @@ Channels<typename Opmath<T>::type> typed(const BatchNormChannels& c) {
 
 }  // namespace
 
-int64_t batch_norm_workspace_elements(DenseLayout shape) { return 3 * kMaxSlices * shape.channels; }
+int64_t batch_norm_workspace_elements(DenseLayout shape) {
+  return 3 * slices_for(shape) * shape.channels;  // (mean, var, count) per slice and channel
+}
 
 cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, void* var, void* workspace,
                              DenseLayout shape, cudaStream_t stream) {
@@ -275,12 +304,12 @@ cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, voi
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
     const dim3 grid = reduce_grid(shape);
-    stats_partial_kernel<T><<<grid, dim3(kColumns, kRows), 0, stream>>>(static_cast<const T*>(input), shape,
-                                                                         static_cast<acc_t*>(workspace));
-    stats_finish_kernel<acc_t><<<static_cast<unsigned>((shape.channels + 255) / 256), 256, 0, stream>>>(
-        static_cast<const acc_t*>(workspace), grid.y, shape.channels, static_cast<acc_t*>(mean),
-        static_cast<acc_t*>(var));
-    return cudaGetLastError();
+    const cudaError_t partial = launch(stats_partial_kernel<T>, grid, dim3(kColumns, kRows), stream,
+                                       static_cast<const T*>(input), shape, static_cast<acc_t*>(workspace));
+    if (partial != cudaSuccess) return partial;
+    return launch(stats_finish_kernel<T>, finish_blocks(shape), kFinishThreads, stream, static_cast<const T*>(input),
+                  static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), shape,
+                  static_cast<acc_t*>(mean), static_cast<acc_t*>(var));
   });
 }
 
@@ -292,10 +321,9 @@ cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const voi
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
-    forward_kernel<T><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
-        static_cast<const T*>(input), static_cast<const T*>(residual), static_cast<T*>(output), mask,
-        typed<T>(channels), activation, static_cast<acc_t>(negative_slope), shape, numel);
-    return cudaGetLastError();
+    return launch(forward_kernel<T>, elementwise_blocks(numel), kElementwiseThreads, stream,
+                  static_cast<const T*>(input), static_cast<const T*>(residual), static_cast<T*>(output), mask,
+                  typed<T>(channels), activation, static_cast<acc_t>(negative_slope), shape, numel);
   });
 }
 
@@ -308,13 +336,14 @@ cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_out
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
     const dim3 grid = reduce_grid(shape);
-    backward_reduce_partial_kernel<T><<<grid, dim3(kColumns, kRows), 0, stream>>>(
-        static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels), activation,
-        static_cast<acc_t>(negative_slope), shape, static_cast<acc_t*>(workspace));
-    backward_reduce_finish_kernel<acc_t><<<static_cast<unsigned>((shape.channels + 255) / 256), 256, 0, stream>>>(
-        static_cast<const acc_t*>(workspace), grid.y, shape.channels, static_cast<acc_t*>(sum_grad),
-        static_cast<acc_t*>(sum_grad_centered));
-    return cudaGetLastError();
+    const cudaError_t partial =
+        launch(backward_reduce_partial_kernel<T>, grid, dim3(kColumns, kRows), stream,
+               static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
+               activation, static_cast<acc_t>(negative_slope), shape, static_cast<acc_t*>(workspace));
+    if (partial != cudaSuccess) return partial;
+    return launch(backward_reduce_finish_kernel<acc_t>, finish_blocks(shape), kFinishThreads, stream,
+                  static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), shape.channels,
+                  static_cast<acc_t*>(sum_grad), static_cast<acc_t*>(sum_grad_centered));
   });
 }
 
@@ -328,12 +357,11 @@ cudaError_t batch_norm_act_backward_apply(ScalarType type, const void* grad_outp
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
-    backward_apply_kernel<T><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
-        static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
-        static_cast<const acc_t*>(mean_grad), static_cast<const acc_t*>(mean_grad_centered), activation,
-        static_cast<acc_t>(negative_slope), static_cast<T*>(grad_input), static_cast<T*>(grad_residual), shape,
-        numel);
-    return cudaGetLastError();
+    return launch(backward_apply_kernel<T>, elementwise_blocks(numel), kElementwiseThreads, stream,
+                  static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
+                  static_cast<const acc_t*>(mean_grad), static_cast<const acc_t*>(mean_grad_centered), activation,
+                  static_cast<acc_t>(negative_slope), static_cast<T*>(grad_input), static_cast<T*>(grad_residual),
+                  shape, numel);
   });
 }
 

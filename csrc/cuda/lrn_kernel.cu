@@ -10,6 +10,7 @@
 
 #include <limits>
 
+#include "cuda/launch.cuh"
 #include "cuda/lrn_kernel.h"
 #include "cuda/opmath.cuh"
 
@@ -115,12 +116,11 @@ cudaError_t forward_typed(const void* input, void* output, const DenseLayout& sh
   using acc_t = typename Opmath<T>::type;
   const int64_t numel = shape.batch * shape.channels * shape.positions;
   const Indexer<index_t> at = Indexer<index_t>::of(shape);
-  lrn_forward_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
-      static_cast<const T*>(input), static_cast<T*>(output), static_cast<index_t>(numel), at,
-      lrn::window(co.convention, co.size, shape.channels),
-      static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha)),
-      static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
-  return cudaGetLastError();
+  return launch(lrn_forward_kernel<T, index_t>, blocks_for(numel), kThreads, stream, static_cast<const T*>(input),
+                static_cast<T*>(output), static_cast<index_t>(numel), at,
+                lrn::window(co.convention, co.size, shape.channels),
+                static_cast<acc_t>(lrn::alpha_coefficient(co.convention, co.size, co.alpha)),
+                static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
 }
 
 template <typename T, typename index_t>
@@ -134,12 +134,13 @@ cudaError_t backward_typed(const void* grad_output, const void* input, void* gra
   const T* g = static_cast<const T*>(grad_output);
   const T* x = static_cast<const T*>(input);
   acc_t* t = static_cast<acc_t*>(term);
-  lrn_backward_term_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
-      g, x, t, static_cast<index_t>(numel), at, window, a, static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
-  lrn_backward_input_kernel<T, index_t><<<blocks_for(numel), kThreads, 0, stream>>>(
-      g, x, t, static_cast<T*>(grad_input), static_cast<index_t>(numel), at, window, a,
-      static_cast<acc_t>(co.beta), static_cast<acc_t>(co.k));
-  return cudaGetLastError();
+  const acc_t beta = static_cast<acc_t>(co.beta), k = static_cast<acc_t>(co.k);
+  const cudaError_t terms = launch(lrn_backward_term_kernel<T, index_t>, blocks_for(numel), kThreads, stream, g, x,
+                                   t, static_cast<index_t>(numel), at, window, a, beta, k);
+  if (terms != cudaSuccess) return terms;
+  return launch(lrn_backward_input_kernel<T, index_t>, blocks_for(numel), kThreads, stream, g, x,
+                static_cast<const acc_t*>(t), static_cast<T*>(grad_input), static_cast<index_t>(numel), at, window,
+                a, beta, k);
 }
 
 // Calls fn.run<T, index_t>() for the element type and the narrowest index

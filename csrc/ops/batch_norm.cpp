@@ -11,6 +11,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 namespace cnnkit {
@@ -175,7 +176,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_finish_train_stats(
       running_mean->mul_(1 - momentum).add_(mean.to(running_mean->scalar_type()), momentum);
     }
     if (running_var.has_value()) {
-      const double unbiased = static_cast<double>(count) / static_cast<double>(std::max<int64_t>(count - 1, 1));
+      // n / (n - 1); for a single value per channel that is infinite, and the update NaN, as in
+      // torch's batch norm (the modules refuse such a batch in training, as torch.nn does).
+      const double unbiased = count > 1 ? static_cast<double>(count) / static_cast<double>(count - 1)
+                                        : std::numeric_limits<double>::infinity();
       running_var->mul_(1 - momentum).add_((var * unbiased).to(running_var->scalar_type()), momentum);
     }
   }
