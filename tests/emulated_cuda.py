@@ -28,52 +28,20 @@ SCALAR_TYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bflo
 # cnnkit::lrn::Convention (csrc/include/cnnkit/lrn.h).
 LRN_CONVENTIONS = {"torch": 0, "caffe": 1, "cudnn": 2, "tf": 3, "paper": 4}
 
-_i64, _f64, _ptr, _bool = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_bool
-_SHAPE = [_i64, _i64, _i64, _bool]
-SIGNATURES = {
-    "emulation_set_schedule": [ctypes.c_int],
-    "emulation_batch_norm_workspace_elements": _SHAPE,
-    "emulation_batch_norm_stats": [ctypes.c_int, *[_ptr] * 4, *_SHAPE],
-    "emulation_batch_norm_act_forward": [ctypes.c_int, *[_ptr] * 8, _i64, _f64, *_SHAPE],
-    "emulation_batch_norm_act_backward_reduce": [
-        ctypes.c_int,
-        *[_ptr] * 7,
-        _i64,
-        _f64,
-        *[_ptr] * 3,
-        *_SHAPE,
-    ],
-    "emulation_batch_norm_act_backward_apply": [
-        ctypes.c_int,
-        *[_ptr] * 9,
-        _i64,
-        _f64,
-        _ptr,
-        _ptr,
-        *_SHAPE,
-    ],
-    "emulation_lrn_forward": [
-        ctypes.c_int,
-        _ptr,
-        _ptr,
-        *_SHAPE,
-        ctypes.c_int,
-        _i64,
-        _f64,
-        _f64,
-        _f64,
-    ],
-    "emulation_lrn_backward": [
-        ctypes.c_int,
-        *[_ptr] * 4,
-        *_SHAPE,
-        ctypes.c_int,
-        _i64,
-        _f64,
-        _f64,
-        _f64,
-    ],
-    "emulation_block_sum": [_ptr, _ptr, ctypes.c_uint, _bool],
+_i64, _f64, _int = ctypes.c_int64, ctypes.c_double, ctypes.c_int
+_ptr, _bool = ctypes.c_void_p, ctypes.c_bool
+_SHAPE = [_i64, _i64, _i64, _bool]  # DenseLayout: N, C, S, channels_last
+_LRN = [_int, _i64, _f64, _f64, _f64]  # LrnCoefficients: convention, size, alpha, beta, k
+SIGNATURES = {  # tests/cuda_emulation/entry.cpp
+    "set_schedule": [_int],
+    "batch_norm_workspace_elements": _SHAPE,
+    "batch_norm_stats": [_int, *[_ptr] * 4, *_SHAPE],
+    "batch_norm_act_forward": [_int, *[_ptr] * 8, _i64, _f64, *_SHAPE],
+    "batch_norm_act_backward_reduce": [_int, *[_ptr] * 7, _i64, _f64, *[_ptr] * 3, *_SHAPE],
+    "batch_norm_act_backward_apply": [_int, *[_ptr] * 9, _i64, _f64, _ptr, _ptr, *_SHAPE],
+    "lrn_forward": [_int, _ptr, _ptr, *_SHAPE, *_LRN],
+    "lrn_backward": [_int, *[_ptr] * 4, *_SHAPE, *_LRN],
+    "block_sum": [_ptr, _ptr, ctypes.c_uint, _bool],
 }
 
 
@@ -90,36 +58,15 @@ def sanitized():
 
 
 def build_command(output, include):
-    flags = [
-        "-std=c++20",
-        "-O1",
-        "-g",
-        "-fPIC",
-        "-shared",
-        "-pthread",
-        "-DCNNKIT_CUDA_EMULATION",
-        "-Wall",
-        "-Werror",
-        "-Wl,--no-undefined",
-    ]
+    flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-shared", "-pthread", "-DCNNKIT_CUDA_EMULATION",
+             "-Wall", "-Werror", "-Wl,--no-undefined"]
     if sanitized():
-        flags += [
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=undefined",
-            "-fno-omit-frame-pointer",
-        ]
+        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer"]
     includes = [EMULATION / "include", ROOT / "csrc", ROOT / "csrc" / "include", include]
     sources = [*KERNELS, *sorted(EMULATION.glob("*.cpp"))]
-    return [
-        os.environ.get("CXX", "g++"),
-        *flags,
-        *(f"-I{d}" for d in includes),
-        "-x",
-        "c++",
-        *map(str, sources),
-        "-o",
-        str(output),
-    ]
+    return [os.environ.get("CXX", "g++"), *flags, *(f"-I{d}" for d in includes),
+            "-x", "c++", *map(str, sources), "-o", str(output)]
 
 
 def _fingerprint(command):
@@ -136,9 +83,8 @@ def load_library():
     emulated kernels."""
     include = cuda_include_dir()
     if include is None:
-        raise FileNotFoundError(
-            "the CUDA toolkit's headers (cuda_fp16.h) were not found; set CUDA_HOME"
-        )
+        raise FileNotFoundError("the CUDA toolkit's headers (cuda_fp16.h) were not found; "
+                                "set CUDA_HOME")
     directory = ROOT / "build" / "cuda_emulation"
     probe = build_command(directory / "lib.so", include)
     library = directory / f"cnnkit_cuda_emulation_{_fingerprint(probe)}.so"
@@ -147,31 +93,27 @@ def load_library():
         partial = library.with_suffix(f".{os.getpid()}.tmp")
         result = subprocess.run(build_command(partial, include), capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(
-                f"building the emulated CUDA kernels failed:\n{result.stderr[-4000:]}"
-            )
+            raise RuntimeError(f"building the emulated CUDA kernels failed:\n"
+                               f"{result.stderr[-4000:]}")
         shutil.move(partial, library)  # atomic: a concurrent run sees all of it or none
     lib = ctypes.CDLL(str(library))
     for name, argtypes in SIGNATURES.items():
-        function = getattr(lib, name)
+        function = getattr(lib, f"emulation_{name}")
         function.argtypes = argtypes
-        function.restype = _i64 if name.endswith("_elements") else ctypes.c_int
-    lib.emulation_set_schedule.restype = None
+        function.restype = _i64 if name.endswith("_elements") else _int
     return EmulatedKernels(lib)
-
-
-def _ptr_of(tensor):
-    return None if tensor is None else tensor.data_ptr()
 
 
 def _stats_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _nan(shape, dtype, like=None):
-    if like is not None:
-        return torch.full_like(like, math.nan, dtype=dtype)
-    return torch.full(shape, math.nan, dtype=dtype)
+def _nan_like(x, dtype=None):
+    return torch.full_like(x, math.nan, dtype=dtype)
+
+
+def _nan_channels(x):
+    return torch.full((x.shape[1],), math.nan, dtype=_stats_dtype(x))
 
 
 class EmulatedKernels:
@@ -180,177 +122,72 @@ class EmulatedKernels:
     def __init__(self, lib):
         self.lib = lib
 
+    def _call(self, name, *args):
+        """Calls emulation_<name>: tensors go as their addresses, None as a null pointer."""
+        values = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+        code = getattr(self.lib, f"emulation_{name}")(*values)
+        if code != 0:
+            raise RuntimeError(f"{name}: CUDA error {code}")
+
     def set_schedule(self, schedule):
-        self.lib.emulation_set_schedule({"forward": 0, "reverse": 1}[schedule])
+        self._call("set_schedule", {"forward": 0, "reverse": 1}[schedule])
 
     @staticmethod
     def layout(x):
         """(N, C, S, channels_last) of a dense input, as csrc/ops/layout.cpp's dense_layout."""
-        assert (
-            x.is_contiguous()
-            or x.is_contiguous(memory_format=torch.channels_last)
-            or x.is_contiguous(memory_format=torch.channels_last_3d)
-        )
+        assert any(x.is_contiguous(memory_format=f) for f in
+                   (torch.contiguous_format, torch.channels_last, torch.channels_last_3d))
         return x.shape[0], x.shape[1], math.prod(x.shape[2:]), not x.is_contiguous()
-
-    def _check(self, code, what):
-        if code != 0:
-            raise RuntimeError(f"{what}: CUDA error {code}")
 
     def workspace_elements(self, x):
         return self.lib.emulation_batch_norm_workspace_elements(*self.layout(x))
 
     def _workspace(self, x):
-        return _nan((self.workspace_elements(x),), _stats_dtype(x))
+        return torch.full((self.workspace_elements(x),), math.nan, dtype=_stats_dtype(x))
 
     def batch_norm_stats(self, x):
-        channels, dtype = x.shape[1], _stats_dtype(x)
-        mean, var = _nan((channels,), dtype), _nan((channels,), dtype)
-        workspace = self._workspace(x)  # held: the call gets only its address
-        self._check(
-            self.lib.emulation_batch_norm_stats(
-                SCALAR_TYPES[x.dtype],
-                x.data_ptr(),
-                mean.data_ptr(),
-                var.data_ptr(),
-                workspace.data_ptr(),
-                *self.layout(x),
-            ),
-            "batch_norm_stats",
-        )
+        mean, var = _nan_channels(x), _nan_channels(x)
+        self._call("batch_norm_stats", SCALAR_TYPES[x.dtype], x, mean, var, self._workspace(x),
+                   *self.layout(x))
         return mean, var
 
     def batch_norm_act(self, x, weight, bias, residual, mean, invstd, activation, slope, save_mask):
-        y = _nan(None, x.dtype, like=x)
+        y = _nan_like(x)
         mask = torch.ones_like(x, dtype=torch.bool) if save_mask else None
-        self._check(
-            self.lib.emulation_batch_norm_act_forward(
-                SCALAR_TYPES[x.dtype],
-                x.data_ptr(),
-                _ptr_of(residual),
-                y.data_ptr(),
-                _ptr_of(mask),
-                mean.data_ptr(),
-                invstd.data_ptr(),
-                weight.data_ptr(),
-                bias.data_ptr(),
-                activation,
-                slope,
-                *self.layout(x),
-            ),
-            "batch_norm_act_forward",
-        )
+        self._call("batch_norm_act_forward", SCALAR_TYPES[x.dtype], x, residual, y, mask, mean,
+                   invstd, weight, bias, activation, slope, *self.layout(x))
         return y, mask
 
-    def batch_norm_act_backward_reduce(
-        self, dy, x, mask, weight, bias, mean, invstd, activation, slope
-    ):
-        channels, dtype = x.shape[1], _stats_dtype(x)
-        sum_g, sum_gx = _nan((channels,), dtype), _nan((channels,), dtype)
-        workspace = self._workspace(x)
-        self._check(
-            self.lib.emulation_batch_norm_act_backward_reduce(
-                SCALAR_TYPES[x.dtype],
-                dy.data_ptr(),
-                x.data_ptr(),
-                _ptr_of(mask),
-                mean.data_ptr(),
-                invstd.data_ptr(),
-                weight.data_ptr(),
-                bias.data_ptr(),
-                activation,
-                slope,
-                sum_g.data_ptr(),
-                sum_gx.data_ptr(),
-                workspace.data_ptr(),
-                *self.layout(x),
-            ),
-            "batch_norm_act_backward_reduce",
-        )
+    def batch_norm_act_backward_reduce(self, dy, x, mask, weight, bias, mean, invstd, activation,
+                                       slope):
+        sum_g, sum_gx = _nan_channels(x), _nan_channels(x)
+        self._call("batch_norm_act_backward_reduce", SCALAR_TYPES[x.dtype], dy, x, mask, mean,
+                   invstd, weight, bias, activation, slope, sum_g, sum_gx, self._workspace(x),
+                   *self.layout(x))
         return sum_g, sum_gx
 
-    def batch_norm_act_backward_apply(
-        self,
-        dy,
-        x,
-        mask,
-        weight,
-        bias,
-        mean,
-        invstd,
-        mean_grad,
-        mean_grad_centered,
-        activation,
-        slope,
-        residual_grad,
-    ):
-        dx = _nan(None, x.dtype, like=x)
-        dr = _nan(None, x.dtype, like=x) if residual_grad else None
-        self._check(
-            self.lib.emulation_batch_norm_act_backward_apply(
-                SCALAR_TYPES[x.dtype],
-                dy.data_ptr(),
-                x.data_ptr(),
-                _ptr_of(mask),
-                mean.data_ptr(),
-                invstd.data_ptr(),
-                weight.data_ptr(),
-                bias.data_ptr(),
-                mean_grad.data_ptr(),
-                mean_grad_centered.data_ptr(),
-                activation,
-                slope,
-                dx.data_ptr(),
-                _ptr_of(dr),
-                *self.layout(x),
-            ),
-            "batch_norm_act_backward_apply",
-        )
+    def batch_norm_act_backward_apply(self, dy, x, mask, weight, bias, mean, invstd, mean_grad,
+                                      mean_grad_centered, activation, slope, residual_grad):
+        dx = _nan_like(x)
+        dr = _nan_like(x) if residual_grad else None
+        self._call("batch_norm_act_backward_apply", SCALAR_TYPES[x.dtype], dy, x, mask, mean,
+                   invstd, weight, bias, mean_grad, mean_grad_centered, activation, slope, dx, dr,
+                   *self.layout(x))
         return dx, dr
 
     def local_response_norm(self, x, size, alpha, beta, k, convention):
-        y = _nan(None, x.dtype, like=x)
-        self._check(
-            self.lib.emulation_lrn_forward(
-                SCALAR_TYPES[x.dtype],
-                x.data_ptr(),
-                y.data_ptr(),
-                *self.layout(x),
-                LRN_CONVENTIONS[convention],
-                size,
-                alpha,
-                beta,
-                k,
-            ),
-            "lrn_forward",
-        )
+        y = _nan_like(x)
+        self._call("lrn_forward", SCALAR_TYPES[x.dtype], x, y, *self.layout(x),
+                   LRN_CONVENTIONS[convention], size, alpha, beta, k)
         return y
 
     def local_response_norm_backward(self, g, x, size, alpha, beta, k, convention):
-        gx = _nan(None, x.dtype, like=x)
-        term = _nan(None, _stats_dtype(x), like=x)
-        self._check(
-            self.lib.emulation_lrn_backward(
-                SCALAR_TYPES[x.dtype],
-                g.data_ptr(),
-                x.data_ptr(),
-                gx.data_ptr(),
-                term.data_ptr(),
-                *self.layout(x),
-                LRN_CONVENTIONS[convention],
-                size,
-                alpha,
-                beta,
-                k,
-            ),
-            "lrn_backward",
-        )
+        gx, term = _nan_like(x), _nan_like(x, _stats_dtype(x))
+        self._call("lrn_backward", SCALAR_TYPES[x.dtype], g, x, gx, term, *self.layout(x),
+                   LRN_CONVENTIONS[convention], size, alpha, beta, k)
         return gx
 
     def block_sum(self, x, synchronised):
-        sums = _nan((x.numel() // 64,), torch.float32)
-        self._check(
-            self.lib.emulation_block_sum(x.data_ptr(), sums.data_ptr(), sums.numel(), synchronised),
-            "block_sum",
-        )
+        sums = torch.full((x.numel() // 64,), math.nan)
+        self._call("block_sum", x, sums, sums.numel(), synchronised)
         return sums
