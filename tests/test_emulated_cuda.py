@@ -138,18 +138,24 @@ def test_workspace_is_sized_by_the_slices_launched(kernels):
     assert torch.isfinite(mean).all()
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 3, 3), (2, 0, 3, 3), (2, 5, 0, 3)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_empty_batch(kernels, memory_format):
-    x = torch.randn(0, 5, 3, 3).contiguous(memory_format=memory_format)
+def test_empty_inputs(kernels, shape, memory_format):
+    """No launch for an empty tensor (the emulation, like CUDA, refuses an empty grid), and
+    the statistics of an empty batch are zero."""
+    x = torch.randn(shape).contiguous(memory_format=memory_format)
     mean, var = kernels.batch_norm_stats(x)
     assert mean.eq(0).all() and var.eq(0).all()
-    weight, bias, mean, invstd = channel_params(5, x.dtype)
-    y, _ = kernels.batch_norm_act(x, weight, bias, None, mean, invstd, 1, 0.0, save_mask=False)
+    weight, bias, mean, invstd = channel_params(shape[1], x.dtype)
+    y, _ = kernels.batch_norm_act(x, weight, bias, x, mean, invstd, 1, 0.0, save_mask=True)
     assert y.shape == x.shape
-    sum_g, sum_gx = kernels.batch_norm_act_backward_reduce(
-        x, x, None, weight, bias, mean, invstd, 1, 0.0
-    )
-    assert sum_g.eq(0).all() and sum_gx.eq(0).all()
+    sums = kernels.batch_norm_act_backward_reduce(x, x, None, weight, bias, mean, invstd, 1, 0.0)
+    assert all(s.eq(0).all() for s in sums)
+    dx, _ = kernels.batch_norm_act_backward_apply(x, x, None, weight, bias, mean, invstd, mean,
+                                                  mean, 1, 0.0, residual_grad=True)
+    assert dx.shape == x.shape
+    assert kernels.local_response_norm(x, 3, 1e-4, 0.75, 1.0, "torch").shape == x.shape
+    assert kernels.local_response_norm_backward(x, x, 3, 1e-4, 0.75, 1.0, "torch").shape == x.shape
 
 
 FORWARD_VARIANTS = [  # activation, residual, saved mask (the glue saves it with a residual)

@@ -7,8 +7,8 @@
 // consecutive channels and its 8 rows walk positions, so loads are coalesced either way.
 // The statistics are moments of x minus a per-channel pivot: each thread sums runs of kRun
 // elements as offsets from the run's first element and merges the runs' moments by Chan's
-// update (one division per run, not per element); Chan's update merges threads and slices. The elementwise passes run one
-// thread per element in memory order.
+// update (one division per run, not per element); Chan's update merges threads and slices.
+// The elementwise passes run one thread per element in memory order.
 #include <cnnkit/batch_norm.h>
 
 #include "cuda/batch_norm_kernel.h"
@@ -100,9 +100,10 @@ __global__ void stats_partial_kernel(const T* __restrict__ x, DenseLayout s,
   const ChannelWalk walk{s.channels, s.positions, s.channels_last};
   int64_t begin, end;
   slice_bounds(s, begin, end);
-  // Moments of x - pivot, the channel's first element: near the mean, so the thread's and the
-  // slices' means stay small numbers whose differences Chan's update can square without
-  // cancellation, even where |mean| is large against the standard deviation.
+  // Moments of x - pivot, the pivot one of the channel's own values (its first), so that the
+  // threads' and slices' means stay within a few standard deviations of zero and Chan's update
+  // squares their differences without cancellation, even where |mean| is large against the
+  // standard deviation. All threads of a channel share the pivot; the finish adds it back.
   acc_t mean = 0, var = 0;
   int64_t count = 0;  // an integer: a float count stops growing at 2^24
   if (w.active && begin < end) {
