@@ -2,6 +2,7 @@
 torch.compile), against a same-size elementwise floor.
 
     python benchmarks/bench_lrn.py [--quick] [--no-compile] [--output DIR]
+    python benchmarks/bench_lrn.py --device cuda --dtype bfloat16    # CUDA events, results bench_lrn_cuda
 
 Two elementwise floors of the same bytes: the forward reads x and writes y, like
 `torch.mul(x, 2)`; forward+backward adds one that reads g and x and writes dx, like
@@ -44,10 +45,10 @@ def forward_only(module, x):
     return run
 
 
-def bench_case(shape, layout, compile_baseline, rounds):
+def bench_case(shape, layout, compile_baseline, rounds, device="cpu", dtype=torch.float32):
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(shape).to(memory_format=memory_format)
-    grad = torch.randn(shape).to(memory_format=memory_format)
+    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    grad = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
     ours = cnnkit.nn.LocalResponseNorm(**LRN_ARGS)
     eager = torch.nn.LocalResponseNorm(**LRN_ARGS)
     out, out2 = torch.empty_like(x), torch.empty_like(x)
@@ -64,7 +65,7 @@ def bench_case(shape, layout, compile_baseline, rounds):
         else:
             fns["floor"] = lambda: (torch.mul(x, 2, out=out), torch.addcmul(grad, x, x, out=out2))
             fns["alloc floor"] = lambda: (torch.mul(x, 2), torch.addcmul(grad, x, x))
-        ms = harness.time_interleaved(fns, rounds=rounds)
+        ms = harness.time_interleaved(fns, rounds=rounds, device=device)
         peak = {name: harness.peak_memory_bytes(fns[name]) for name in ("cnnkit", "eager")}
         extra = {
             "mode": mode,
@@ -76,6 +77,7 @@ def bench_case(shape, layout, compile_baseline, rounds):
             "x_alloc_floor": round(ms["cnnkit"] / ms["alloc floor"], 3),
             "peak_mb": round(peak["cnnkit"] / 2**20, 1),
             "baseline_peak_mb": round(peak["eager"] / 2**20, 1),
+            "device": torch.device(device).type,
         }
         records.append(harness.record("local_response_norm", shape, x.dtype, layout, ms["cnnkit"],
                                       ms["eager"], "torch.nn.LocalResponseNorm", **extra))
@@ -83,7 +85,7 @@ def bench_case(shape, layout, compile_baseline, rounds):
     return records
 
 
-COLUMNS = ["shape", "layout", "mode", "ours_ms", "baseline_ms", "ratio", "compile_ms", "vs_compile",
+COLUMNS = ["shape", "dtype", "layout", "mode", "ours_ms", "baseline_ms", "ratio", "compile_ms", "vs_compile",
            "floor_ms", "x_floor", "alloc_floor_ms", "x_alloc_floor", "peak_mb", "baseline_peak_mb"]
 
 
@@ -92,14 +94,23 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer rounds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--output", help="directory for bench_lrn.json/.md (default benchmarks/results)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
     print(f"# bench_lrn on {harness.machine()}\n")
     print(harness.markdown_table([], COLUMNS))
+    on_cuda = torch.device(args.device).type == "cuda"
     records = []
     for shape in QUICK_SHAPES if args.quick else SHAPES:
+        if on_cuda and not args.quick:
+            shape = (256, *shape[1:])  # a GPU's batch: AlexNet's 128 per GPU, two GPUs' worth
         for layout in ("contiguous", "channels_last"):
-            records += bench_case(shape, layout, not args.no_compile, rounds=3 if args.quick else 7)
-    harness.write_results("bench_lrn", records, harness.markdown_table(records, COLUMNS), args.output)
+            records += bench_case(shape, layout, not args.no_compile, 3 if args.quick else 7, args.device,
+                                  getattr(torch, args.dtype))
+    name = "bench_lrn_cuda" if on_cuda else "bench_lrn"
+    if args.dtype != "float32":
+        name += f"_{args.dtype}"
+    harness.write_results(name, records, harness.markdown_table(records, COLUMNS), args.output)
     return 0
 
 

@@ -86,65 +86,90 @@ def bench_inference(name, layout, use_compile, rounds):
     return records
 
 
-def training_step(model, input, target):
+def training_step(model, input, target, autocast_dtype=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(input), target).backward()
+        with torch.autocast(input.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(model(input), target)
+        loss.backward()
         optimizer.step()
     return step
 
 
-def bench_training(name, layout, rounds):
+def bench_training(name, layout, rounds, device="cpu", batch=TRAIN_BATCH, autocast_dtype=None, use_compile=False):
+    """The fused model (default, and each memory_efficient mode) against eager torch.nn and,
+    with use_compile, torch.compile of the eager model; under autocast_dtype if given."""
     size, _ = MODELS[name]
     memory_format = LAYOUTS[layout]
-    eager, fused = build_pair(name, memory_format)
-    _, saving_links = build_pair(name, memory_format, memory_efficient=True)
-    _, saving_block = build_pair(name, memory_format, memory_efficient="block")
+
+    def pair(**kwargs):
+        eager, fused = build_pair(name, memory_format, **kwargs)
+        return eager.to(device).train(), fused.to(device).train()
+
+    eager, fused = pair()
     channels = model_info(name).input_size[0]
-    input = torch.randn(TRAIN_BATCH, channels, size, size).contiguous(memory_format=memory_format)
-    target = torch.randint(0, model_info(name).num_classes, (TRAIN_BATCH,))
-    contenders = {
-        "eager": training_step(eager.train(), input, target),
-        "cnnkit": training_step(fused.train(), input, target),
-        "cnnkit memory_efficient=True": training_step(saving_links.train(), input, target),
-        "cnnkit memory_efficient='block'": training_step(saving_block.train(), input, target),
-    }
-    times = time_interleaved(contenders, rounds=rounds, min_run_time=0.05)
+    input = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=memory_format)
+    target = torch.randint(0, model_info(name).num_classes, (batch,), device=device)
+    models = {"eager": eager, "cnnkit": fused, "cnnkit memory_efficient=True": pair(memory_efficient=True)[1],
+              "cnnkit memory_efficient='block'": pair(memory_efficient="block")[1]}
+    if use_compile:
+        models["torch.compile"] = torch.compile(pair()[0])
+    contenders = {key: training_step(model, input, target, autocast_dtype) for key, model in models.items()}
+    times = time_interleaved(contenders, rounds=rounds, min_run_time=0.05, device=device)
     peaks = {key: peak_memory_bytes(fn) / MB for key, fn in contenders.items()}
+    dtype = autocast_dtype or torch.float32
     records = []
-    for ours in list(contenders)[1:]:
-        records.append(record(
-            f"{name} training step ({ours})", tuple(input.shape), torch.float32, layout, times[ours],
-            times["eager"], "eager torch.nn", ours_peak_mb=round(peaks[ours], 1),
-            baseline_peak_mb=round(peaks["eager"], 1),
-            memory_saving=f"{100 * (1 - peaks[ours] / peaks['eager']):.0f}%",
-        ))
+    for ours in (key for key in contenders if key.startswith("cnnkit")):
+        for baseline, label in (("eager", "eager torch.nn"), ("torch.compile", "torch.compile")):
+            if baseline not in times:
+                continue
+            records.append(record(
+                f"{name} training step ({ours})", tuple(input.shape), dtype, layout, times[ours],
+                times[baseline], label, ours_peak_mb=round(peaks[ours], 1),
+                baseline_peak_mb=round(peaks[baseline], 1), device=torch.device(device).type,
+                memory_saving=f"{100 * (1 - peaks[ours] / peaks[baseline]):.0f}%",
+            ))
     return records
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=None, choices=list(MODELS),
+                        help="inference benchmarks (default: all on the CPU, none on CUDA)")
     parser.add_argument("--train-models", nargs="*", default=["resnet50"], choices=list(MODELS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda; training steps only on cuda")
+    parser.add_argument("--train-batch", type=int, default=None, help=f"default {TRAIN_BATCH}; 256 on CUDA")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
+                        help="train under torch.autocast (default: bfloat16 on CUDA, none on the CPU)")
+    parser.add_argument("--compile-training", action="store_true",
+                        help="add torch.compile of the eager model to the training step (default on CUDA)")
+    parser.add_argument("--output", help="directory for the results (default benchmarks/results)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write results/")
     parser.add_argument("--name", default="bench_models", help="results/<name>.json and .md")
     args = parser.parse_args(argv)
 
+    on_cuda = torch.device(args.device).type == "cuda"
+    if on_cuda and args.models:
+        parser.error("--models: the inference benchmarks run on the CPU only; pass --models with no names")
+    models = list(MODELS) if args.models is None and not on_cuda else (args.models or [])
+    autocast = getattr(torch, args.autocast or ("bfloat16" if on_cuda else ""), None)
     print(f"machine: {machine()}, revision {git_revision()}", flush=True)
     records = []
-    for name in args.models:
+    for name in models:
         for layout in LAYOUTS:
             use_compile = not args.no_compile and MODELS[name][1]
             records += bench_inference(name, layout, use_compile, args.rounds)
             print(markdown_table(records[-2:], ["op", "layout", "ours_ms", "baseline", "baseline_ms", "ratio"]),
                   flush=True)
     for name in args.train_models:
-        records += bench_training(name, "channels_last", args.rounds)
+        records += bench_training(name, "channels_last", args.rounds, args.device,
+                                  args.train_batch or (256 if on_cuda else TRAIN_BATCH), autocast,
+                                  use_compile=(on_cuda or args.compile_training) and not args.no_compile)
         print(markdown_table(records[-3:], ["op", "ours_ms", "baseline_ms", "ratio", "memory_saving"]), flush=True)
 
     columns = ["op", "shape", "layout", "ours_ms", "baseline", "baseline_ms", "ratio",
@@ -152,7 +177,7 @@ def main(argv=None):
     table = markdown_table(records, columns)
     print(table)
     if not args.no_write:
-        write_results(args.name, records, table)
+        write_results(args.name, records, table, args.output)
     return 0
 
 
