@@ -101,6 +101,7 @@ def load_library():
         function = getattr(lib, f"emulation_{name}")
         function.argtypes = argtypes
         function.restype = _i64 if name.endswith("_elements") else _int
+    lib.emulation_set_schedule.restype = None  # void
     return EmulatedKernels(lib)
 
 
@@ -126,7 +127,7 @@ class EmulatedKernels:
         """Calls emulation_<name>: tensors go as their addresses, None as a null pointer."""
         values = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
         code = getattr(self.lib, f"emulation_{name}")(*values)
-        if code != 0:
+        if code:  # a cudaError_t other than cudaSuccess; None for set_schedule
             raise RuntimeError(f"{name}: CUDA error {code}")
 
     def set_schedule(self, schedule):

@@ -8,8 +8,10 @@
 // The statistics are moments of x minus a per-channel pivot: each thread sums runs of kRun
 // elements as offsets from the run's first element and merges the runs' moments by Chan's
 // update (one division per run, not per element); Chan's update merges threads and slices.
-// The elementwise passes run one thread per element in memory order.
+// The elementwise passes give each thread the elements of one channel (element_range).
 #include <cnnkit/batch_norm.h>
+
+#include <algorithm>
 
 #include "cuda/batch_norm_kernel.h"
 #include "cuda/launch.cuh"
@@ -26,7 +28,8 @@ constexpr int kRows = 8;
 constexpr int kThreads = kColumns * kRows;
 constexpr int64_t kMaxSlices = 64;
 constexpr int kRun = 16;
-constexpr int kElementwiseThreads = 256;
+constexpr int kElementsPerThread = 8;
+constexpr int64_t kMaxGridY = 65535;
 
 int64_t slices_for(const DenseLayout& s) {
   const int64_t per_channel = s.batch * s.positions;
@@ -170,18 +173,49 @@ struct Channels {
   }
 };
 
-__device__ __forceinline__ int64_t channel_of(int64_t index, const DenseLayout& s) {
-  return s.channels_last ? index % s.channels : (index / s.positions) % s.channels;
+// One channel's forward coefficients, loaded once per thread.
+template <typename acc_t>
+struct ChannelCoefficients {
+  acc_t mean, scale, bias;
+  __device__ __forceinline__ ChannelCoefficients(const Channels<acc_t>& ch, int64_t c)
+      : mean(ch.mean[c]), scale(ch.weight[c] * ch.invstd[c]), bias(ch.bias[c]) {}
+  __device__ __forceinline__ acc_t pre(acc_t x) const { return bn::normalize(x, mean, scale, bias); }
+};
+
+// The elements one thread of an elementwise pass serves: all of one channel, so that its
+// coefficients are loaded once and no element needs a division to find its channel. Blocks
+// of 32 x 8 threads, as the reductions': in channels-first order each of a block's 8 rows is
+// one (n, c) plane and its 32 columns walk the plane's positions; in channels-last order the
+// 32 columns are 32 consecutive channels and the 8 rows walk positions. Loads are coalesced
+// either way; blockIdx.y splits the positions into chunks.
+struct ElementRange {
+  int64_t channel, first, step, end;  // elements first, first + step, ... below end
+  bool active;
+};
+
+__device__ __forceinline__ ElementRange element_range(const DenseLayout& s) {
+  if (s.channels_last) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
+    const int64_t row = static_cast<int64_t>(blockIdx.y) * kRows + threadIdx.y;
+    return {c, row * s.channels + c, static_cast<int64_t>(gridDim.y) * kRows * s.channels,
+            s.batch * s.positions * s.channels, c < s.channels};
+  }
+  const int64_t plane = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.y;  // n * C + c
+  const int64_t position = static_cast<int64_t>(blockIdx.y) * kColumns + threadIdx.x;
+  return {plane % s.channels, plane * s.positions + position, static_cast<int64_t>(gridDim.y) * kColumns,
+          (plane + 1) * s.positions, plane < s.batch * s.channels};
 }
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
                                bool* __restrict__ mask, Channels<typename Opmath<T>::type> ch, int64_t activation,
-                               typename Opmath<T>::type slope, DenseLayout s, int64_t numel) {
+                               typename Opmath<T>::type slope, DenseLayout s) {
   using acc_t = typename Opmath<T>::type;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t pre = ch.pre(to_opmath(x[i]), channel_of(i, s));
+  const ElementRange r = element_range(s);
+  if (!r.active) return;
+  const ChannelCoefficients<acc_t> k(ch, r.channel);
+  for (int64_t i = r.first; i < r.end; i += r.step) {
+    acc_t pre = k.pre(to_opmath(x[i]));
     if (residual) pre += to_opmath(residual[i]);
     y[i] = from_opmath<T>(bn::activate(pre, activation, slope));
     if (mask) mask[i] = pre > acc_t(0);
@@ -253,24 +287,43 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
                                       const typename Opmath<T>::type* __restrict__ mean_grad,
                                       const typename Opmath<T>::type* __restrict__ mean_grad_centered,
                                       int64_t activation, typename Opmath<T>::type slope, T* __restrict__ dx,
-                                      T* __restrict__ dr, DenseLayout s, int64_t numel) {
+                                      T* __restrict__ dr, DenseLayout s) {
   using acc_t = typename Opmath<T>::type;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = channel_of(i, s);
-    acc_t grad_scale, projection;
-    bn::backward_coefficients(ch.invstd[c], ch.weight[c], mean_grad_centered[c], grad_scale, projection);
-    const acc_t g = grad_at(dy, x, mask, i, ch, c, activation, slope);
-    dx[i] = from_opmath<T>(bn::grad_input(g, to_opmath(x[i]), ch.mean[c], mean_grad[c], grad_scale, projection));
+  const ElementRange r = element_range(s);
+  if (!r.active) return;
+  const int64_t c = r.channel;
+  const ChannelCoefficients<acc_t> k(ch, c);
+  const acc_t mean_g = mean_grad[c];
+  acc_t grad_scale, projection;
+  bn::backward_coefficients(ch.invstd[c], ch.weight[c], mean_grad_centered[c], grad_scale, projection);
+  for (int64_t i = r.first; i < r.end; i += r.step) {
+    const acc_t xi = to_opmath(x[i]);
+    const bool positive = mask ? mask[i] : k.pre(xi) > acc_t(0);
+    const acc_t g = bn::activation_grad(to_opmath(dy[i]), positive, activation, slope);
+    dx[i] = from_opmath<T>(bn::grad_input(g, xi, k.mean, mean_g, grad_scale, projection));
     if (dr) dr[i] = from_opmath<T>(g);
   }
 }
 
 // ---------------------------------------------------------------- launchers
 
-unsigned elementwise_blocks(int64_t numel) {
-  const int64_t blocks = (numel + kElementwiseThreads - 1) / kElementwiseThreads;
-  return static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8);
+// The elementwise passes' grid (element_range): blockIdx.x over channel columns or planes,
+// blockIdx.y over chunks of positions of about kElementsPerThread elements per thread.
+dim3 elementwise_grid(const DenseLayout& s) {
+  const int64_t rows = s.channels_last ? s.batch * s.positions : s.positions;
+  const int64_t per_block = static_cast<int64_t>(s.channels_last ? kRows : kColumns) * kElementsPerThread;
+  const int64_t chunks = std::min<int64_t>((rows + per_block - 1) / per_block, kMaxGridY);
+  const int64_t columns = s.channels_last ? (s.channels + kColumns - 1) / kColumns
+                                          : (s.batch * s.channels + kRows - 1) / kRows;
+  return dim3(static_cast<unsigned>(columns), static_cast<unsigned>(chunks));
+}
+
+// A layout with one position per channel is the same memory in either order; the kernels
+// serve it as channels-last, whose mapping puts neighbouring channels on neighbouring threads
+// (channels-first's would give each block row a single element).
+DenseLayout kernel_layout(DenseLayout s) {
+  if (s.positions == 1) s.channels_last = true;
+  return s;
 }
 
 // The finish kernels: one thread per channel.
@@ -304,12 +357,13 @@ cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, voi
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
-    const dim3 grid = reduce_grid(shape);
+    const DenseLayout s = kernel_layout(shape);
+    const dim3 grid = reduce_grid(s);
     const cudaError_t partial = launch(stats_partial_kernel<T>, grid, dim3(kColumns, kRows), stream,
-                                       static_cast<const T*>(input), shape, static_cast<acc_t*>(workspace));
+                                       static_cast<const T*>(input), s, static_cast<acc_t*>(workspace));
     if (partial != cudaSuccess) return partial;
-    return launch(stats_finish_kernel<T>, finish_blocks(shape), kFinishThreads, stream, static_cast<const T*>(input),
-                  static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), shape,
+    return launch(stats_finish_kernel<T>, finish_blocks(s), kFinishThreads, stream, static_cast<const T*>(input),
+                  static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), s,
                   static_cast<acc_t*>(mean), static_cast<acc_t*>(var));
   });
 }
@@ -322,9 +376,10 @@ cudaError_t batch_norm_act_forward(ScalarType type, const void* input, const voi
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
-    return launch(forward_kernel<T>, elementwise_blocks(numel), kElementwiseThreads, stream,
+    const DenseLayout s = kernel_layout(shape);
+    return launch(forward_kernel<T>, elementwise_grid(s), dim3(kColumns, kRows), stream,
                   static_cast<const T*>(input), static_cast<const T*>(residual), static_cast<T*>(output), mask,
-                  typed<T>(channels), activation, static_cast<acc_t>(negative_slope), shape, numel);
+                  typed<T>(channels), activation, static_cast<acc_t>(negative_slope), s);
   });
 }
 
@@ -336,11 +391,12 @@ cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_out
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
-    const dim3 grid = reduce_grid(shape);
+    const DenseLayout s = kernel_layout(shape);
+    const dim3 grid = reduce_grid(s);
     const cudaError_t partial =
         launch(backward_reduce_partial_kernel<T>, grid, dim3(kColumns, kRows), stream,
                static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
-               activation, static_cast<acc_t>(negative_slope), shape, static_cast<acc_t*>(workspace));
+               activation, static_cast<acc_t>(negative_slope), s, static_cast<acc_t*>(workspace));
     if (partial != cudaSuccess) return partial;
     return launch(backward_reduce_finish_kernel<acc_t>, finish_blocks(shape), kFinishThreads, stream,
                   static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), shape.channels,
@@ -358,11 +414,12 @@ cudaError_t batch_norm_act_backward_apply(ScalarType type, const void* grad_outp
   return dispatch_type(type, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Opmath<T>::type;
-    return launch(backward_apply_kernel<T>, elementwise_blocks(numel), kElementwiseThreads, stream,
+    const DenseLayout s = kernel_layout(shape);
+    return launch(backward_apply_kernel<T>, elementwise_grid(s), dim3(kColumns, kRows), stream,
                   static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
                   static_cast<const acc_t*>(mean_grad), static_cast<const acc_t*>(mean_grad_centered), activation,
                   static_cast<acc_t>(negative_slope), static_cast<T*>(grad_input), static_cast<T*>(grad_residual),
-                  shape, numel);
+                  s);
   });
 }
 
