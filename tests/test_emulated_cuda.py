@@ -40,8 +40,8 @@ OUTPUT_TOLERANCE = {
 # Statistics and sums are float (double for double) whatever the input: float32's bar.
 STATS_TOLERANCE = {torch.float64: OUTPUT_TOLERANCE[torch.float64]}
 # (shape, memory format): C below and above one block's 32 channel columns and not a multiple
-# of it, a single element, BatchNorm1d's (N, C), N*S above one slice of 4096 (two slices with
-# an uneven boundary), and a 5-d input.
+# of it, a single element, BatchNorm1d's (N, C), N*S = 4551 (five slices of positions, with
+# uneven boundaries), and a 5-d input.
 CASES = [
     ((2, 3, 5, 7), torch.contiguous_format),
     ((2, 3, 5, 7), torch.channels_last),
@@ -130,10 +130,11 @@ def test_workspace_is_sized_by_the_slices_launched(kernels):
     # A wide BatchNorm1d: one slice of positions per channel, so 3 statistics per channel
     # (it was 3 * 64 per channel whatever the batch: 768 MB for a million channels).
     assert kernels.workspace_elements(torch.empty(4, 10**6)) == 3 * 10**6
-    # Two slices (N*S = 4551 > 4096), and the stats run within that workspace: it starts as
-    # NaN, and ASan (scripts/sanitize.sh) sees any access past its end.
+    # Five slices (N*S = 4551, slices of at least 1024 positions), and the stats run within
+    # that workspace: it starts as NaN, and ASan (scripts/sanitize.sh) sees any access past
+    # its end.
     x = make_input((3, 2, 37, 41), torch.contiguous_format, torch.float32)
-    assert kernels.workspace_elements(x) == 3 * 2 * 2
+    assert kernels.workspace_elements(x) == 3 * 5 * 2
     mean, _ = kernels.batch_norm_stats(x)
     assert torch.isfinite(mean).all()
 

@@ -26,15 +26,34 @@ namespace bn = cnnkit::batch_norm;
 constexpr int kColumns = 32;
 constexpr int kRows = 8;
 constexpr int kThreads = kColumns * kRows;
-constexpr int64_t kMaxSlices = 64;
 constexpr int kRun = 16;
 constexpr int kElementsPerThread = 8;
 constexpr int64_t kMaxGridY = 65535;
+// The reductions' grid: about kReduceBlocks blocks in all (several per multiprocessor on
+// GPUs of 100-150 SMs, so that enough loads are in flight), but no slice of a channel's
+// positions shorter than kMinSlice (4 per thread), nor more than kMaxSlices slices.
+constexpr int64_t kReduceBlocks = 1024;
+constexpr int64_t kMinSlice = 4 * kThreads;
+constexpr int64_t kMaxSlices = 1024;
+
+// A layout with one position per channel is the same memory in either order; the kernels
+// serve it as channels-last, whose mapping puts neighbouring channels on neighbouring threads
+// (channels-first's would give each block row a single element).
+DenseLayout kernel_layout(DenseLayout s) {
+  if (s.positions == 1) s.channels_last = true;
+  return s;
+}
+
+// Blocks per slice: one per channel (channels-first) or per 32 channels (channels-last).
+int64_t reduce_columns(const DenseLayout& s) {
+  return s.channels_last ? (s.channels + kColumns - 1) / kColumns : s.channels;
+}
 
 int64_t slices_for(const DenseLayout& s) {
-  const int64_t per_channel = s.batch * s.positions;
-  const int64_t slices = (per_channel + 4095) / 4096;
-  return slices < 1 ? 1 : (slices > kMaxSlices ? kMaxSlices : slices);
+  const int64_t columns = std::max<int64_t>(reduce_columns(s), 1);  // no channels: no launch
+  const int64_t wanted = (kReduceBlocks + columns - 1) / columns;
+  const int64_t longest = (s.batch * s.positions + kMinSlice - 1) / kMinSlice;
+  return std::max<int64_t>(1, std::min({wanted, longest, kMaxSlices}));
 }
 
 // The addresses of one channel's elements: element p in [0, N*S) of channel c.
@@ -318,14 +337,6 @@ dim3 elementwise_grid(const DenseLayout& s) {
   return dim3(static_cast<unsigned>(columns), static_cast<unsigned>(chunks));
 }
 
-// A layout with one position per channel is the same memory in either order; the kernels
-// serve it as channels-last, whose mapping puts neighbouring channels on neighbouring threads
-// (channels-first's would give each block row a single element).
-DenseLayout kernel_layout(DenseLayout s) {
-  if (s.positions == 1) s.channels_last = true;
-  return s;
-}
-
 // The finish kernels: one thread per channel.
 constexpr int kFinishThreads = 256;
 
@@ -334,8 +345,7 @@ unsigned finish_blocks(const DenseLayout& s) {
 }
 
 dim3 reduce_grid(const DenseLayout& s) {
-  const int64_t columns = s.channels_last ? (s.channels + kColumns - 1) / kColumns : s.channels;
-  return dim3(static_cast<unsigned>(columns), static_cast<unsigned>(slices_for(s)));
+  return dim3(static_cast<unsigned>(reduce_columns(s)), static_cast<unsigned>(slices_for(s)));
 }
 
 template <typename T>
@@ -348,7 +358,8 @@ Channels<typename Opmath<T>::type> typed(const BatchNormChannels& c) {
 }  // namespace
 
 int64_t batch_norm_workspace_elements(DenseLayout shape) {
-  return 3 * slices_for(shape) * shape.channels;  // (mean, var, count) per slice and channel
+  // (mean, var, count) per slice and channel, for the slices the reductions launch
+  return 3 * slices_for(kernel_layout(shape)) * shape.channels;
 }
 
 cudaError_t batch_norm_stats(ScalarType type, const void* input, void* mean, void* var, void* workspace,
