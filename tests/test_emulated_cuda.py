@@ -181,17 +181,9 @@ def test_batch_norm_act_forward(
         x, weight, bias, residual, mean, invstd, activation, 0.1, save_mask
     )
     ref = reference_dtype(dtype)
+    ref_residual = residual.to(ref) if with_residual else None
     expected, expected_mask = torch.ops.cnnkit.batch_norm_act(
-        x.to(ref),
-        weight,
-        bias,
-        residual.to(ref) if with_residual else None,
-        mean,
-        invstd,
-        True,
-        activation,
-        0.1,
-    )
+        x.to(ref), weight, bias, ref_residual, mean, invstd, True, activation, 0.1)
     torch.testing.assert_close(y, expected.to(dtype), **OUTPUT_TOLERANCE[dtype])
     assert y.is_contiguous(memory_format=memory_format)
     if save_mask:
@@ -223,33 +215,11 @@ def test_batch_norm_act_backward(kernels, shape, memory_format, dtype, activatio
     count = x.numel() // x.shape[1]
     mean_grad, mean_grad_centered = (s / count for s in expected_sums)
     dx, dr = kernels.batch_norm_act_backward_apply(
-        dy,
-        x,
-        mask,
-        weight,
-        bias,
-        mean,
-        invstd,
-        mean_grad,
-        mean_grad_centered,
-        activation,
-        0.1,
-        residual_grad=True,
-    )
+        dy, x, mask, weight, bias, mean, invstd, mean_grad, mean_grad_centered, activation, 0.1,
+        residual_grad=True)
     expected_dx, expected_dr = torch.ops.cnnkit.batch_norm_act_backward_apply(
-        dy.to(ref),
-        x.to(ref),
-        weight,
-        bias,
-        ref_mask,
-        mean,
-        invstd,
-        mean_grad,
-        mean_grad_centered,
-        activation,
-        0.1,
-        True,
-    )
+        dy.to(ref), x.to(ref), weight, bias, ref_mask, mean, invstd, mean_grad, mean_grad_centered,
+        activation, 0.1, True)
     torch.testing.assert_close(dx, expected_dx.to(dtype), **OUTPUT_TOLERANCE[dtype])
     torch.testing.assert_close(dr, expected_dr.to(dtype), **OUTPUT_TOLERANCE[dtype])
     assert dx.is_contiguous(memory_format=memory_format)
@@ -281,19 +251,8 @@ def test_training_step_matches_the_reference(kernels, shape, memory_format, dtyp
         dy, x, mask, weight, bias, mean, invstd, 1, 0.0
     )
     dx, dr = kernels.batch_norm_act_backward_apply(
-        dy,
-        x,
-        mask,
-        weight,
-        bias,
-        mean,
-        invstd,
-        sum_g / count,
-        sum_gx / count,
-        1,
-        0.0,
-        residual_grad=True,
-    )
+        dy, x, mask, weight, bias, mean, invstd, sum_g / count, sum_gx / count, 1, 0.0,
+        residual_grad=True)
     grads = reference.batch_norm_act_backward(dy, x, weight, bias, mask, mean, invstd, True, 1, 0.0)
     torch.testing.assert_close(dx, grads[0], **OUTPUT_TOLERANCE[dtype])
     torch.testing.assert_close(sum_gx * invstd, grads[1], **OUTPUT_TOLERANCE[dtype])  # grad_weight
