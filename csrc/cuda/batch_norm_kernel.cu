@@ -187,12 +187,10 @@ struct Channels {
   const acc_t* invstd;
   const acc_t* weight;
   const acc_t* bias;
-  __device__ __forceinline__ acc_t pre(acc_t x, int64_t c) const {
-    return bn::normalize(x, mean[c], weight[c] * invstd[c], bias[c]);
-  }
 };
 
-// One channel's forward coefficients, loaded once per thread.
+// One channel's forward coefficients, loaded once per thread: every pass gives each thread
+// the elements of a single channel.
 template <typename acc_t>
 struct ChannelCoefficients {
   acc_t mean, scale, bias;
@@ -241,13 +239,12 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ re
   }
 }
 
-template <typename T>
-__device__ __forceinline__ typename Opmath<T>::type grad_at(const T* dy, const T* x, const bool* mask, int64_t i,
-                                                            const Channels<typename Opmath<T>::type>& ch, int64_t c,
-                                                            int64_t activation, typename Opmath<T>::type slope) {
-  using acc_t = typename Opmath<T>::type;
-  const bool positive = mask ? mask[i] : ch.pre(to_opmath(x[i]), c) > acc_t(0);
-  return bn::activation_grad(to_opmath(dy[i]), positive, activation, slope);
+// g = dy * act'(pre) of element i, from the saved mask or from x (already loaded).
+template <typename acc_t>
+__device__ __forceinline__ acc_t grad_at(acc_t dy, acc_t x, const bool* mask, int64_t i,
+                                         const ChannelCoefficients<acc_t>& k, int64_t activation, acc_t slope) {
+  const bool positive = mask ? mask[i] : k.pre(x) > acc_t(0);
+  return bn::activation_grad(dy, positive, activation, slope);
 }
 
 template <typename T>
@@ -264,12 +261,13 @@ __global__ void backward_reduce_partial_kernel(const T* __restrict__ dy, const T
   slice_bounds(s, begin, end);
   acc_t sum_g = 0, sum_gx = 0;
   if (w.active) {
-    const acc_t mean = ch.mean[w.channel];
+    const ChannelCoefficients<acc_t> k(ch, w.channel);
     for (int64_t p = begin + w.first; p < end; p += w.step) {
       const int64_t i = walk.offset(w.channel, p);
-      const acc_t g = grad_at(dy, x, mask, i, ch, w.channel, activation, slope);
+      const acc_t xi = to_opmath(x[i]);
+      const acc_t g = grad_at(to_opmath(dy[i]), xi, mask, i, k, activation, slope);
       sum_g += g;
-      sum_gx += g * (to_opmath(x[i]) - mean);
+      sum_gx += g * (xi - k.mean);
     }
   }
   const int tid = threadIdx.y * kColumns + threadIdx.x;
@@ -317,8 +315,7 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
   bn::backward_coefficients(ch.invstd[c], ch.weight[c], mean_grad_centered[c], grad_scale, projection);
   for (int64_t i = r.first; i < r.end; i += r.step) {
     const acc_t xi = to_opmath(x[i]);
-    const bool positive = mask ? mask[i] : k.pre(xi) > acc_t(0);
-    const acc_t g = bn::activation_grad(to_opmath(dy[i]), positive, activation, slope);
+    const acc_t g = grad_at(to_opmath(dy[i]), xi, mask, i, k, activation, slope);
     dx[i] = from_opmath<T>(bn::grad_input(g, xi, k.mean, mean_g, grad_scale, projection));
     if (dr) dr[i] = from_opmath<T>(g);
   }
@@ -409,8 +406,8 @@ cudaError_t batch_norm_act_backward_reduce(ScalarType type, const void* grad_out
                static_cast<const T*>(grad_output), static_cast<const T*>(input), mask, typed<T>(channels),
                activation, static_cast<acc_t>(negative_slope), s, static_cast<acc_t*>(workspace));
     if (partial != cudaSuccess) return partial;
-    return launch(backward_reduce_finish_kernel<acc_t>, finish_blocks(shape), kFinishThreads, stream,
-                  static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), shape.channels,
+    return launch(backward_reduce_finish_kernel<acc_t>, finish_blocks(s), kFinishThreads, stream,
+                  static_cast<const acc_t*>(workspace), static_cast<int64_t>(grid.y), s.channels,
                   static_cast<acc_t*>(sum_grad), static_cast<acc_t*>(sum_grad_centered));
   });
 }
