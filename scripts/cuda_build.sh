@@ -34,7 +34,7 @@ cd "$copy"
 
 step "CUDA kernels registered"
 "$venv_python" scripts/check_cuda_kernels.py
-"$PWD/../venv-cuda/bin/cnnkit" info
+"$(dirname "$venv_python")/cnnkit" info
 
 step "the test suite on torch $torch_version"
 "$venv_python" -m pytest -q -p no:cacheprovider
