@@ -386,6 +386,19 @@ def test_saves_less_for_backward_than_eager(with_residual):
     assert fused < eager
 
 
+def test_backward_fills_no_gradient_for_the_mask():
+    """The bool mask output is not differentiated: its gradient is not materialised as zeros
+    (a full-size fill per backward, with a residual)."""
+    x = torch.randn(8, 32, 16, 16, requires_grad=True)
+    out = cnn.BatchNormReLU2d(32)(x, torch.randn_like(x))
+    grad = torch.randn_like(out)
+    with torch.profiler.profile(record_shapes=True) as profiler:
+        out.backward(grad)
+    fills = [e.input_shapes[0] for e in profiler.events() if e.name in ("aten::fill_", "aten::zero_")]
+    assert fills and all(torch.Size(shape).numel() < x.numel() for shape in fills)  # per-channel sums only
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reference_matches_torch(dtype):
     x = torch.randn(2, 3, 4, 4, dtype=dtype)

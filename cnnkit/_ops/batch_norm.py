@@ -88,9 +88,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, weight, bias, mask, mean, invstd)
     ctx.args = (batch_stats, activation, negative_slope)
     ctx.has_residual = residual is not None
+    # The mask is a bool output, never differentiated: without this autograd would fill a
+    # zero gradient of its size (a full-size tensor when a residual is added) at every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_output, _grad_mask):
+    if grad_output is None:  # the output took no part in what is differentiated
+        return (None,) * 9
     input, weight, bias, mask, mean, invstd = ctx.saved_tensors
     batch_stats, activation, negative_slope = ctx.args
     needs = ctx.needs_input_grad
