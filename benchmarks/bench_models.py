@@ -18,6 +18,7 @@ mode >= 25% less peak memory than eager.
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -30,6 +31,7 @@ from harness import (  # noqa: E402
     markdown_table,
     no_grad_call,
     peak_memory_bytes,
+    profiler_split,
     record,
     time_interleaved,
     write_results,
@@ -45,10 +47,13 @@ MODELS = {
     "vgg16_bn": (224, False),  # compiling VGG-16 costs minutes of the run's budget
     "resnet18": (224, True),
     "resnet50": (224, True),
+    "resnet20": (32, True),  # CIFAR-10's
 }
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 INFERENCE_BATCH = 8
-TRAIN_BATCH = 16
+# Training steps on the CPU: each model at a batch its users train with on a small machine.
+TRAIN_BATCHES = {"resnet50": 8, "resnet18": 32, "resnet20": 128}
+TRAIN_BATCH = 16  # the other models'
 MB = 2**20
 
 
@@ -99,9 +104,28 @@ def training_step(model, input, target, autocast_dtype=None):
     return step
 
 
+def is_convolution(op_name):
+    """The ops of the vendor convolution (oneDNN on the CPU), forward and backward: the same
+    calls in the eager and the fused model."""
+    return "convolution" in op_name or "mkldnn" in op_name
+
+
+def convolution_split(contenders, rounds):
+    """{name: (convolution ms, everything else ms)}: the medians over `rounds` profiled
+    steps, taken in turn."""
+    samples = {key: [] for key in contenders}
+    for _ in range(rounds):
+        for key, step in contenders.items():
+            samples[key].append(profiler_split(step, is_convolution))
+    return {key: tuple(statistics.median(values[i] for values in runs) for i in range(2))
+            for key, runs in samples.items()}
+
+
 def bench_training(name, layout, rounds, device="cpu", batch=TRAIN_BATCH, autocast_dtype=None, use_compile=False):
     """The fused model (default, and each memory_efficient mode) against eager torch.nn and,
-    with use_compile, torch.compile of the eager model; under autocast_dtype if given."""
+    with use_compile, torch.compile of the eager model; under autocast_dtype if given. On the
+    CPU each record also carries the profiler's split of the step: time in the convolutions
+    (the same oneDNN calls in every contender) and in everything else."""
     size, _ = MODELS[name]
     memory_format = LAYOUTS[layout]
 
@@ -120,6 +144,9 @@ def bench_training(name, layout, rounds, device="cpu", batch=TRAIN_BATCH, autoca
     contenders = {key: training_step(model, input, target, autocast_dtype) for key, model in models.items()}
     times = time_interleaved(contenders, rounds=rounds, min_run_time=0.05, device=device)
     peaks = {key: peak_memory_bytes(fn) / MB for key, fn in contenders.items()}
+    split = {}
+    if torch.device(device).type == "cpu":
+        split = convolution_split({key: contenders[key] for key in ("eager", "cnnkit")}, rounds)
     dtype = autocast_dtype or torch.float32
     records = []
     for ours in (key for key in contenders if key.startswith("cnnkit")):
@@ -131,17 +158,35 @@ def bench_training(name, layout, rounds, device="cpu", batch=TRAIN_BATCH, autoca
                 times[baseline], label, ours_peak_mb=round(peaks[ours], 1),
                 baseline_peak_mb=round(peaks[baseline], 1), device=torch.device(device).type,
                 memory_saving=f"{100 * (1 - peaks[ours] / peaks[baseline]):.0f}%",
+                **split_fields(split, ours, baseline),
             ))
     return records
+
+
+# The training table: the step, its peak memory, and the profiler's split (the time outside
+# the convolutions, ours against the baseline's).
+TRAINING_COLUMNS = ["op", "shape", "ours_ms", "baseline", "baseline_ms", "ratio", "ours_peak_mb",
+                    "baseline_peak_mb", "memory_saving", "ours_conv_ms", "baseline_conv_ms", "ours_other_ms",
+                    "baseline_other_ms", "other_vs_baseline"]
+
+
+def split_fields(split, ours, baseline):
+    """The profiler split of ours and the baseline as record fields, where both were profiled."""
+    if ours not in split or baseline not in split:
+        return {}
+    (ours_conv, ours_other), (base_conv, base_other) = split[ours], split[baseline]
+    return {"ours_conv_ms": round(ours_conv, 1), "ours_other_ms": round(ours_other, 1),
+            "baseline_conv_ms": round(base_conv, 1), "baseline_other_ms": round(base_other, 1),
+            "other_vs_baseline": round(ours_other / base_other, 3)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=None, choices=list(MODELS),
                         help="inference benchmarks (default: all on the CPU, none on CUDA)")
-    parser.add_argument("--train-models", nargs="*", default=["resnet50"], choices=list(MODELS))
+    parser.add_argument("--train-models", nargs="*", default=list(TRAIN_BATCHES), choices=list(MODELS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda; training steps only on cuda")
-    parser.add_argument("--train-batch", type=int, default=None, help=f"default {TRAIN_BATCH}; 256 on CUDA")
+    parser.add_argument("--train-batch", type=int, default=None, help=f"default {TRAIN_BATCHES}, {TRAIN_BATCH} for others; 256 on CUDA")
     parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
                         help="train under torch.autocast (default: bfloat16 on CUDA, none on the CPU)")
     parser.add_argument("--compile-training", action="store_true",
@@ -167,14 +212,16 @@ def main(argv=None):
             print(markdown_table(records[-2:], ["op", "layout", "ours_ms", "baseline", "baseline_ms", "ratio"]),
                   flush=True)
     for name in args.train_models:
-        records += bench_training(name, "channels_last", args.rounds, args.device,
-                                  args.train_batch or (256 if on_cuda else TRAIN_BATCH), autocast,
+        batch = args.train_batch or (256 if on_cuda else TRAIN_BATCHES.get(name, TRAIN_BATCH))
+        records += bench_training(name, "channels_last", args.rounds, args.device, batch, autocast,
                                   use_compile=(on_cuda or args.compile_training) and not args.no_compile)
-        print(markdown_table(records[-3:], ["op", "ours_ms", "baseline_ms", "ratio", "memory_saving"]), flush=True)
+        print(markdown_table(records[-3:], TRAINING_COLUMNS), flush=True)
 
     columns = ["op", "shape", "layout", "ours_ms", "baseline", "baseline_ms", "ratio",
                "ours_peak_mb", "baseline_peak_mb", "memory_saving"]
-    table = markdown_table(records, columns)
+    training = [r for r in records if "training step" in r["op"]]
+    table = "\n\n".join(markdown_table(part, cols) for part, cols in
+                         (([r for r in records if r not in training], columns), (training, TRAINING_COLUMNS)) if part)
     print(table)
     if not args.no_write:
         write_results(args.name, records, table, args.output)

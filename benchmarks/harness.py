@@ -76,6 +76,24 @@ def compiled_frozen(model, input):
     return no_grad_call(compiled, input)
 
 
+def profiler_split(fn, in_part):
+    """(ms in the part, ms in the rest) of one call of fn on the CPU, from torch.profiler's
+    self times: an op counts to the part when it or an op it runs inside satisfies
+    in_part(name), so the copies a convolution's backward makes count as convolution."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    part = rest = 0.0
+    for event in prof.events():
+        ancestor = event
+        while ancestor is not None and not in_part(ancestor.name):
+            ancestor = ancestor.cpu_parent
+        if ancestor is None:
+            rest += event.self_cpu_time_total
+        else:
+            part += event.self_cpu_time_total
+    return part / 1e3, rest / 1e3
+
+
 def peak_memory_bytes(fn):
     """Peak bytes allocated while fn() runs, above what was allocated before it started."""
     if torch.cuda.is_available():

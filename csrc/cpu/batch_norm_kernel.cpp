@@ -328,6 +328,8 @@ struct Normalize {
   const acc_t* scale;
   const acc_t* bias;
   Normalize from(int64_t channel) const { return {mean + channel, scale + channel, bias + channel}; }
+  template <typename Tiles>
+  Normalize tiled(Tiles& tiles) const { return {tiles.tile(mean), tiles.tile(scale), tiles.tile(bias)}; }
 };
 
 // Per-channel values of a span as a vector at lane offset i: broadcast (one channel) or loaded.
@@ -398,18 +400,44 @@ Normalize<acc_t> forward_coefficients(const ChannelParams& p, std::vector<acc_t>
   return {p.mean.data_ptr<acc_t>(), scale.data(), p.bias.data_ptr<acc_t>()};
 }
 
+// Positions per channels-last span: one, or, for few channels, enough for kMinSpan values,
+// so that a span's fixed work (its call, its tail, a mask tile) is spread over more values;
+// the per-channel arrays are then repeated once per position (ChannelTiles).
+constexpr int64_t kMinSpan = 256;
+inline int64_t span_positions(const DenseLayout& l) {
+  return l.channels_last && l.channels > 0 ? std::max<int64_t>(1, kMinSpan / l.channels) : 1;
+}
+
+// Per-channel arrays repeated `copies` times, for spans of several positions' channels.
+template <typename acc_t>
+class ChannelTiles {
+ public:
+  ChannelTiles(int64_t channels, int64_t copies) : channels_(channels), copies_(copies) {}
+  const acc_t* tile(const acc_t* values) {
+    if (copies_ == 1) return values;
+    std::vector<acc_t>& out = storage_.emplace_back(channels_ * copies_);
+    for (int64_t k = 0; k < copies_; ++k) std::copy(values, values + channels_, out.data() + k * channels_);
+    return out.data();
+  }
+
+ private:
+  int64_t channels_, copies_;
+  std::vector<std::vector<acc_t>> storage_;  // moving an inner vector keeps its data in place
+};
+
 // Runs fn(offset, n, c, per_lane) in parallel over the spans of the elementwise passes: the
 // rows of n = S values of one channel c (channels-first; per_lane std::false_type) or the
-// n = C values of one position (channels-last; c = 0, per_lane std::true_type).
+// channels of span_positions(l) positions (channels-last; c = 0, per_lane std::true_type).
 template <typename Fn>
 void for_each_span(const DenseLayout& l, const Fn& fn) {
-  const int64_t span = l.channels_last ? l.channels : l.positions;
-  const int64_t spans = l.channels_last ? l.batch * l.positions : l.batch * l.channels;
+  const int64_t span = l.channels_last ? l.channels * span_positions(l) : l.positions;
+  const int64_t total = l.batch * l.channels * l.positions;
+  const int64_t spans = span > 0 ? (total + span - 1) / span : 0;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(span, 1));
   at::parallel_for(0, spans, grain, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
       if (l.channels_last) {
-        fn(s * span, span, int64_t{0}, std::true_type{});
+        fn(s * span, std::min(span, total - s * span), int64_t{0}, std::true_type{});
       } else {
         fn(s * span, span, s % l.channels, std::false_type{});
       }
@@ -427,7 +455,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.input.scalar_type(), "batch_norm_act", [&] {
     using acc_t = opmath_t<scalar_t>;
     std::vector<acc_t> scale;
-    const Normalize<acc_t> nz = forward_coefficients(t.params, scale);
+    ChannelTiles<acc_t> tiles(t.layout.channels, span_positions(t.layout));
+    const Normalize<acc_t> nz = forward_coefficients(t.params, scale).tiled(tiles);
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const scalar_t* r = t.residual.defined() ? t.residual.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = t.output.data_ptr<scalar_t>();
@@ -544,23 +573,28 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
     acc_t* out_g = sum_g.data_ptr<acc_t>();
     acc_t* out_gx = sum_gx.data_ptr<acc_t>();
     if (l.channels_last) {
-      const int64_t P = l.batch * l.positions;
+      // Spans of `copies` positions, as in for_each_span: per-lane sums of copies * C values
+      // per slice, folded onto the C channels after.
+      const int64_t P = l.batch * l.positions, copies = span_positions(l), lanes = copies * C;
+      ChannelTiles<acc_t> tiles(C, copies);
+      const Normalize<acc_t> tiled = nz.tiled(tiles);
       const int64_t slices = position_slices(P);
-      std::vector<acc_t> part(2 * C * slices, 0);
+      std::vector<acc_t> part(2 * lanes * slices, 0);
       at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
         for (int64_t slice = begin; slice < end; ++slice) {
-          acc_t* part_g = part.data() + 2 * C * slice;
-          for (int64_t p = P * slice / slices; p < P * (slice + 1) / slices; ++p) {
+          acc_t* part_g = part.data() + 2 * lanes * slice;
+          const int64_t p_end = P * (slice + 1) / slices;
+          for (int64_t p = P * slice / slices; p < p_end; p += copies) {
             const int64_t o = p * C;
-            reduce_span_with_mask<true>(dy + o, x + o, m ? m + o : nullptr, C, nz, activation, slope, part_g,
-                                        part_g + C);
+            reduce_span_with_mask<true>(dy + o, x + o, m ? m + o : nullptr, std::min(copies, p_end - p) * C, tiled,
+                                        activation, slope, part_g, part_g + lanes);
           }
         }
       });
       for (int64_t s = 0; s < slices; ++s)
-        for (int64_t c = 0; c < C; ++c) {
-          out_g[c] += part[2 * C * s + c];
-          out_gx[c] += part[2 * C * s + C + c];
+        for (int64_t k = 0; k < lanes; ++k) {
+          out_g[k % C] += part[2 * lanes * s + k];
+          out_gx[k % C] += part[2 * lanes * s + lanes + k];
         }
     } else {
       const int64_t S = l.positions;
@@ -592,6 +626,8 @@ struct GradInput {
   const acc_t* grad_scale;
   const acc_t* projection;
   GradInput from(int64_t channel) const { return {mean_grad + channel, grad_scale + channel, projection + channel}; }
+  template <typename Tiles>
+  GradInput tiled(Tiles& tiles) const { return {tiles.tile(mean_grad), tiles.tile(grad_scale), tiles.tile(projection)}; }
 };
 
 // dx (bn::grad_input) and, when wanted, grad_residual = g over one span.
@@ -648,11 +684,12 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
     using acc_t = opmath_t<scalar_t>;
     const int64_t C = t.layout.channels;
     std::vector<acc_t> scale, grad_scale(C), projection(C);
-    const Normalize<acc_t> nz = forward_coefficients(t.params, scale);
+    ChannelTiles<acc_t> tiles(C, span_positions(t.layout));
+    const Normalize<acc_t> nz = forward_coefficients(t.params, scale).tiled(tiles);
     for (int64_t c = 0; c < C; ++c)
       bn::backward_coefficients(t.params.invstd.data_ptr<acc_t>()[c], t.params.weight.data_ptr<acc_t>()[c],
                                 mgx.data_ptr<acc_t>()[c], grad_scale[c], projection[c]);
-    const GradInput<acc_t> gi{mg.data_ptr<acc_t>(), grad_scale.data(), projection.data()};
+    const GradInput<acc_t> gi = GradInput<acc_t>{mg.data_ptr<acc_t>(), grad_scale.data(), projection.data()}.tiled(tiles);
     const scalar_t* dy = t.grad_output.const_data_ptr<scalar_t>();
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const bool* m = t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr;
