@@ -196,7 +196,8 @@ inline void block_moments(const scalar_t* x, int64_t C, int64_t rows, const opma
     acc[j] = Vec(0);
   }
   for (int64_t p = 0; p < rows; ++p)
-    for (int j = 0; j < kVectors; ++j) acc[j] = at::vec::fmadd(load_opmath(x + p * C + j * V) - vpivot[j], vinv_rows, acc[j]);
+    for (int j = 0; j < kVectors; ++j)
+      acc[j] = at::vec::fmadd(load_opmath(x + p * C + j * V) - vpivot[j], vinv_rows, acc[j]);
   for (int j = 0; j < kVectors; ++j) {
     mean[j] = acc[j];
     mean[j].store(block_mean + j * V);
@@ -627,7 +628,9 @@ struct GradInput {
   const acc_t* projection;
   GradInput from(int64_t channel) const { return {mean_grad + channel, grad_scale + channel, projection + channel}; }
   template <typename Tiles>
-  GradInput tiled(Tiles& tiles) const { return {tiles.tile(mean_grad), tiles.tile(grad_scale), tiles.tile(projection)}; }
+  GradInput tiled(Tiles& tiles) const {
+    return {tiles.tile(mean_grad), tiles.tile(grad_scale), tiles.tile(projection)};
+  }
 };
 
 // dx (bn::grad_input) and, when wanted, grad_residual = g over one span.
@@ -689,7 +692,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_apply_cpu(
     for (int64_t c = 0; c < C; ++c)
       bn::backward_coefficients(t.params.invstd.data_ptr<acc_t>()[c], t.params.weight.data_ptr<acc_t>()[c],
                                 mgx.data_ptr<acc_t>()[c], grad_scale[c], projection[c]);
-    const GradInput<acc_t> gi = GradInput<acc_t>{mg.data_ptr<acc_t>(), grad_scale.data(), projection.data()}.tiled(tiles);
+    const GradInput<acc_t> gi =
+        GradInput<acc_t>{mg.data_ptr<acc_t>(), grad_scale.data(), projection.data()}.tiled(tiles);
     const scalar_t* dy = t.grad_output.const_data_ptr<scalar_t>();
     const scalar_t* x = t.input.const_data_ptr<scalar_t>();
     const bool* m = t.mask.defined() ? t.mask.const_data_ptr<bool>() : nullptr;
