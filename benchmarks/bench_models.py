@@ -186,7 +186,8 @@ def main(argv=None):
                         help="inference benchmarks (default: all on the CPU, none on CUDA)")
     parser.add_argument("--train-models", nargs="*", default=list(TRAIN_BATCHES), choices=list(MODELS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda; training steps only on cuda")
-    parser.add_argument("--train-batch", type=int, default=None, help=f"default {TRAIN_BATCHES}, {TRAIN_BATCH} for others; 256 on CUDA")
+    parser.add_argument("--train-batch", type=int, default=None,
+                        help=f"default {TRAIN_BATCHES}, {TRAIN_BATCH} for others; 256 on CUDA")
     parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
                         help="train under torch.autocast (default: bfloat16 on CUDA, none on the CPU)")
     parser.add_argument("--compile-training", action="store_true",
@@ -220,8 +221,9 @@ def main(argv=None):
     columns = ["op", "shape", "layout", "ours_ms", "baseline", "baseline_ms", "ratio",
                "ours_peak_mb", "baseline_peak_mb", "memory_saving"]
     training = [r for r in records if "training step" in r["op"]]
-    table = "\n\n".join(markdown_table(part, cols) for part, cols in
-                         (([r for r in records if r not in training], columns), (training, TRAINING_COLUMNS)) if part)
+    inference = [r for r in records if r not in training]
+    tables = [markdown_table(part, cols) for part, cols in ((inference, columns), (training, TRAINING_COLUMNS)) if part]
+    table = "\n\n".join(tables)
     print(table)
     if not args.no_write:
         write_results(args.name, records, table, args.output)
